@@ -1,0 +1,49 @@
+"""Tests of the generator: shapes, output standardisation, bad shapes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import zskt_tf
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (32, 32, 1), (16, 24, 2)])
+def test_output_shape(shape):
+    model = zskt_tf.generator(z_dim=100, image_shape=shape)
+    images = model(tf.random.normal((4, 100)), training=True)
+    assert images.shape == (4, *shape)
+    assert images.dtype == tf.float32
+
+
+def test_training_mode_output_is_standardised_per_channel():
+    model = zskt_tf.generator(z_dim=100, image_shape=(32, 32, 3))
+    images = model(tf.random.normal((64, 100)), training=True).numpy()
+    # Fresh affine BN: gamma 1, beta 0, so each channel has mean 0 and std 1 over the
+    # batch and all positions.
+    np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_architecture_follows_the_reference():
+    model = zskt_tf.generator(z_dim=100, image_shape=(32, 32, 3))
+    assert model.get_layer("project").units == 128 * 8 * 8
+    assert model.get_layer("conv1").filters == 128
+    assert model.get_layer("conv2").filters == 64
+    assert model.get_layer("to_image").filters == 3
+    for name in ("conv1", "conv2", "to_image"):
+        assert model.get_layer(name).use_bias
+    output_bn = model.get_layer("image_bn")
+    assert output_bn.center and output_bn.scale  # affine output BN, no tanh after it
+    assert model.layers[-1] is output_bn
+    slopes = [
+        layer.negative_slope
+        for layer in model.layers
+        if isinstance(layer, keras.layers.LeakyReLU)
+    ]
+    assert slopes == [0.2, 0.2]
+
+
+def test_bad_image_shape_raises():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        zskt_tf.generator(image_shape=(30, 32, 3))

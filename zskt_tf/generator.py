@@ -1,0 +1,57 @@
+"""The ZSKT generator: noise z to pseudo images in normalised input space."""
+
+from __future__ import annotations
+
+import keras
+
+from zskt_tf.wide_resnet import BatchNorm
+
+LEAKY_RELU_SLOPE = 0.2  # reference section 1
+
+
+def generator(
+    z_dim: int = 100,
+    image_shape: tuple[int, int, int] = (32, 32, 3),
+    name: str = "generator",
+) -> keras.Model:
+    """Builds the authors' generator (reference section 1).
+
+    dense(z -> 128 x (H/4) x (W/4)) -> BN -> [up x2 -> conv3x3 128 -> BN -> LeakyReLU]
+    -> [up x2 -> conv3x3 64 -> BN -> LeakyReLU] -> conv3x3 C -> BN (affine).
+
+    There is no tanh: the final BatchNorm standardises each channel over the batch,
+    which puts pseudo images in the same space as normalised real data. Always call it
+    with ``training=True`` so that BN uses batch statistics (the authors never switch
+    the generator to eval mode).
+
+    Args:
+        z_dim: size of the Gaussian noise vector.
+        image_shape: (height, width, channels); height and width divisible by 4.
+        name: model name.
+
+    Returns:
+        A functional keras.Model mapping (B, z_dim) noise to (B, H, W, C) images.
+    """
+    height, width, channels = image_shape
+    if height % 4 or width % 4:
+        raise ValueError(
+            f"image height and width must be divisible by 4: {image_shape}"
+        )
+    if z_dim < 1 or channels < 1:
+        raise ValueError(f"z_dim and channels must be positive: {z_dim}, {channels}")
+    z = keras.Input(shape=(z_dim,), name="z")
+    x = keras.layers.Dense(128 * (height // 4) * (width // 4), name="project")(z)
+    x = keras.layers.Reshape((height // 4, width // 4, 128), name="reshape")(x)
+    x = BatchNorm(name="project_bn")(x)
+    for index, filters in enumerate((128, 64), start=1):
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{index}")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
+        x = BatchNorm(name=f"conv{index}_bn")(x)
+        x = keras.layers.LeakyReLU(
+            negative_slope=LEAKY_RELU_SLOPE, name=f"lrelu{index}"
+        )(x)
+    x = keras.layers.Conv2D(channels, 3, padding="same", name="to_image")(x)
+    # The output BN keeps its affine scale and shift; float32 so pseudo images match
+    # normalised real data in precision under mixed precision too.
+    images = BatchNorm(name="image_bn", dtype="float32")(x)
+    return keras.Model(z, images, name=name)

@@ -1,0 +1,133 @@
+"""Wide ResNet WRN-d-k as a Keras functional model exposing its attention taps."""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+from zskt_tf.errors import UserError
+
+# PyTorch BatchNorm2d defaults (eps 1e-5, running-stat momentum 0.1, which is Keras
+# momentum 0.9): the authors' networks were trained with these (reference section 1).
+BatchNorm = functools.partial(
+    keras.layers.BatchNormalization, epsilon=1e-5, momentum=0.9
+)
+
+# The authors' WRN initialises convs with normal(0, sqrt(2 / (k * k * out_channels))),
+# i.e. fan-out He initialisation without truncation.
+CONV_INIT = keras.initializers.VarianceScaling(
+    scale=2.0, mode="fan_out", distribution="untruncated_normal"
+)
+
+# PyTorch's default nn.Linear weight init, uniform(+-1/sqrt(fan_in)); the authors only
+# zero the bias (reference section 1).
+DENSE_INIT = keras.initializers.VarianceScaling(
+    scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+)
+
+OUTPUT_NAMES = ("logits", "block1", "block2", "block3")
+
+
+def check_architecture(depth: int, width: int) -> int:
+    """Validates a WRN-depth-width and returns the number of blocks per group.
+
+    Raises:
+        UserError: depth is not 6n+4 with n >= 1, or width is not positive.
+    """
+    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        raise UserError(
+            f"invalid Wide ResNet depth {depth}: depth must be 6n+4 "
+            "(10, 16, 22, 28, 40, ...)"
+        )
+    if not isinstance(width, int) or width < 1:
+        raise UserError(
+            f"invalid Wide ResNet width {width}: must be a positive integer"
+        )
+    return (depth - 4) // 6
+
+
+def _conv(filters: int, kernel_size: int, strides: int, name: str):
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=CONV_INIT,
+        name=name,
+    )
+
+
+def _bn_relu(x, name: str):
+    x = BatchNorm(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _basic_block(x, filters: int, strides: int, name: str):
+    """Pre-activation block: BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3(1) + shortcut."""
+    equal_in_out = x.shape[-1] == filters
+    activated = _bn_relu(x, f"{name}_1")
+    out = _conv(filters, 3, strides, f"{name}_conv1")(activated)
+    out = _bn_relu(out, f"{name}_2")
+    out = _conv(filters, 3, 1, f"{name}_conv2")(out)
+    if equal_in_out:
+        # The authors' WRN only ever changes stride together with channels, so an
+        # identity shortcut never needs to downsample.
+        shortcut = x
+    else:
+        # The 1x1 projection sees the BN-ReLU'd input, like conv1 (authors' code).
+        shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(activated)
+    return keras.layers.Add(name=f"{name}_add")([shortcut, out])
+
+
+def wide_resnet(
+    depth: int,
+    width: int,
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    name: str | None = None,
+) -> keras.Model:
+    """Builds WRN-depth-width (reference section 1).
+
+    Args:
+        depth: total depth d = 6n + 4.
+        width: widening factor k; groups have 16k, 32k and 64k channels.
+        num_classes: size of the classifier output.
+        input_shape: (height, width, channels) of the normalised input images.
+        name: model name; defaults to "wrn-{depth}-{width}".
+
+    Returns:
+        A functional keras.Model mapping images to a dict with "logits" (B, classes)
+        and "block1", "block2", "block3": the outputs of the three groups before the
+        final BN-ReLU, used as attention taps.
+    """
+    blocks_per_group = check_architecture(depth, width)
+    if num_classes < 2:
+        raise UserError(f"num_classes must be at least 2, got {num_classes}")
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = _conv(16, 3, 1, "stem_conv")(inputs)
+    taps = {}
+    for group, (channels, stride) in enumerate(
+        [(16 * width, 1), (32 * width, 2), (64 * width, 2)], start=1
+    ):
+        for block in range(blocks_per_group):
+            x = _basic_block(
+                x,
+                channels,
+                stride if block == 0 else 1,
+                name=f"group{group}_block{block}",
+            )
+        taps[f"block{group}"] = x
+    x = _bn_relu(x, "head")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    # float32 logits keep softmax and the losses stable under mixed precision.
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=DENSE_INIT,
+        bias_initializer="zeros",
+        dtype="float32",
+        name="logits",
+    )(x)
+    outputs = {"logits": logits, **taps}
+    return keras.Model(inputs, outputs, name=name or f"wrn-{depth}-{width}")
