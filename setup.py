@@ -24,6 +24,8 @@ setup(
         # Keras 3 arrived with TensorFlow 2.16; the code uses Keras 3 APIs only.
         "tensorflow>=2.16",
         "keras>=3.0",
+        # tf.summary needs it; TensorFlow >= 2.20 no longer installs it.
+        "tensorboard>=2.16",
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "absl-py>=1.0",

@@ -1,0 +1,66 @@
+"""Tiny datasets and program runners shared by the tests."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def write_tiny_folder(
+    root: pathlib.Path,
+    classes: int = 3,
+    train_per_class: int = 8,
+    test_per_class: int = 4,
+    size: int = 16,
+) -> pathlib.Path:
+    """An image-folder dataset whose classes differ by colour, so it can be learnt."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label in range(classes):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = rng.integers(0, 120, (size, size, 3))
+                pixels[..., label % 3] += 120
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+def run_program(name: str, *args: str, timeout: float = 300, check: bool = True):
+    """Runs bin/<name> with this interpreter; returns the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bin" / name), *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{name} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+            f"stderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def start_program(name: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / name), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def weights_arrays(path) -> dict:
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()])
+            if isinstance(item, h5py.Dataset) else None
+        )  # fmt: skip
+    return arrays

@@ -1,0 +1,114 @@
+"""Weights-only model files: checked loading, and teachers rebuilt from config.json."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+import h5py
+import keras
+
+from zskt_tf import runs
+from zskt_tf.datasets import DatasetInfo
+from zskt_tf.errors import UserError
+from zskt_tf.wide_resnet import wide_resnet
+
+TEACHER_WEIGHTS = "teacher.weights.h5"
+STUDENT_WEIGHTS = "student.weights.h5"
+GENERATOR_WEIGHTS = "generator.weights.h5"
+
+
+def _shapes(path) -> dict[str, tuple]:
+    shapes = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(
+            lambda name, item: shapes.__setitem__(name, tuple(item.shape))
+            if isinstance(item, h5py.Dataset) else None
+        )  # fmt: skip
+    return shapes
+
+
+def load_weights_checked(
+    model: keras.Model, path: str | pathlib.Path, what: str
+) -> None:
+    """Loads a .weights.h5 file, or names the first tensor that does not fit.
+
+    Raises:
+        UserError: the file is missing, unreadable, or its tensors do not match the
+            model (the message gives the first mismatching tensor's expected and
+            found shapes).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} weights {path} not found")
+    try:
+        found = _shapes(path)
+    except OSError as error:
+        raise UserError(f"cannot read {what} weights {path}: {error}") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        reference = pathlib.Path(scratch) / "expected.weights.h5"
+        model.save_weights(reference)
+        expected = _shapes(reference)
+    for name, shape in expected.items():
+        if found.get(name) != shape:
+            raise UserError(
+                f"{what} weights {path} do not fit {model.name}: {name} expected "
+                f"shape {shape}, found {found.get(name, 'nothing')}"
+            )
+    if len(found) != len(expected):
+        extra = sorted(set(found) - set(expected))[0]
+        raise UserError(
+            f"{what} weights {path} do not fit {model.name}: unexpected tensor {extra}"
+        )
+    model.load_weights(path)
+
+
+def resolve_run(
+    path: str | pathlib.Path, weights_name: str
+) -> tuple[pathlib.Path, dict]:
+    """(weights file, config dict) for a run directory or a weights file in one."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        weights = path / weights_name
+    elif path.is_file():
+        weights, path = path, path.parent
+    else:
+        raise UserError(f"{path} not found: give a run directory or its {weights_name}")
+    if not (path / runs.CONFIG_FILE).is_file():
+        raise UserError(
+            f"{path} has no {runs.CONFIG_FILE}; is it a zskt_tf run directory?"
+        )
+    return weights, runs.read_json(path / runs.CONFIG_FILE)
+
+
+def teacher_record(path: str | pathlib.Path) -> dict:
+    """The teacher run's config.json plus its recorded test accuracy, if any."""
+    weights, config = resolve_run(path, TEACHER_WEIGHTS)
+    results_path = weights.parent / runs.RESULTS_FILE
+    results = runs.read_json(results_path) if results_path.is_file() else {}
+    return {
+        **config,
+        "weights": str(weights),
+        "recorded_accuracy": results.get("test_accuracy"),
+    }
+
+
+def load_teacher(path: str | pathlib.Path) -> keras.Model:
+    """Rebuilds a frozen teacher from its weights and config.json alone.
+
+    Args:
+        path: a zskt-tf-teacher output directory, or the teacher.weights.h5 in one.
+
+    Returns:
+        The WRN with the teacher's weights, trainable = False. Call it with
+        training=False.
+    """
+    record = teacher_record(path)
+    info = DatasetInfo.from_json(record["dataset_info"])
+    model = wide_resnet(
+        record["depth"], record["width"], info.num_classes, info.image_shape,
+        name=f"teacher-wrn-{record['depth']}-{record['width']}",
+    )  # fmt: skip
+    load_weights_checked(model, record["weights"], "teacher")
+    model.trainable = False
+    return model

@@ -1,0 +1,37 @@
+"""Learning-rate schedules as plain functions of the run's own clock."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def step_decay(
+    base_lr: float,
+    step: int,
+    total_steps: int,
+    decay: float = 0.2,
+    milestones: Sequence[float] = (0.3, 0.6, 0.8),
+) -> float:
+    """The authors' MultiStepLR: lr x decay at each milestone fraction of the run.
+
+    The authors step at epochs 0.3, 0.6 and 0.8 x epochs (60, 120, 160 of 200). The
+    boundaries are placed at the same fractions of the total number of steps, which
+    is identical for 200 epochs and keeps short runs sane (at 1 epoch, whole-epoch
+    milestones would all round to 0; section 4).
+    """  # fmt: skip
+    passed = sum(step >= round(fraction * total_steps) for fraction in milestones)
+    return base_lr * decay**passed
+
+
+def cosine(base_lr: float, step, total_steps: int):
+    """PyTorch CosineAnnealingLR with eta_min 0: lr at 0-based step (section 3).
+
+    Works on Python numbers and on tensors (inside a compiled step).
+    """
+    if isinstance(step, (int, float)):
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    import tensorflow as tf
+
+    progress = tf.cast(step, tf.float32) / float(total_steps)
+    return base_lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
