@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(wildcard bin/zskt-tf-*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m zskt_tf.demo --output_dir=runs/demo
+	$(BIN)/zskt-tf-demo --output_dir=runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

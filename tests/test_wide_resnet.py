@@ -81,7 +81,10 @@ def test_shortcut_sees_the_bn_relu_input_and_identity_is_raw():
     shortcut = model.get_layer("group2_block0_shortcut")
     relu = model.get_layer("group2_block0_1_relu")
     assert shortcut.input is relu.output
-    assert model.get_layer("group2_block0_conv1").input is relu.output
+    # conv1 sees the same ReLU output, through PyTorch-style symmetric padding.
+    pad = model.get_layer("group2_block0_conv1_pad")
+    assert pad.input is relu.output
+    assert model.get_layer("group2_block0_conv1").input is pad.output
     assert shortcut.strides == (2, 2) and shortcut.kernel_size == (1, 1)
     # group2_block1 keeps channels: its Add takes the previous block's raw output.
     add = model.get_layer("group2_block1_add")
@@ -96,3 +99,17 @@ def test_training_mode_uses_batch_statistics():
     train_logits = model(images, training=True)["logits"]
     eval_logits = model(images, training=False)["logits"]
     assert not np.allclose(train_logits.numpy(), eval_logits.numpy())
+
+
+def test_stride_two_convs_pad_like_pytorch():
+    """3x3 stride-2 convs pad one pixel on every side (PyTorch padding=1)."""
+    model = zskt_tf.wide_resnet(10, 1, input_shape=(8, 8, 3))
+    relu = model.get_layer("group2_block0_1_relu")
+    conv = model.get_layer("group2_block0_conv1")
+    probe = keras.Model(model.input, [relu.output, conv.output])
+    activated, convolved = probe(tf.random.normal((2, 8, 8, 3)), training=False)
+    expected = tf.nn.conv2d(
+        activated, conv.kernel, strides=2, padding=[[0, 0], [1, 1], [1, 1], [0, 0]]
+    )
+    assert convolved.shape == (2, 4, 4, 32)
+    np.testing.assert_allclose(convolved.numpy(), expected.numpy(), atol=1e-5)

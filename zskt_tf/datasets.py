@@ -102,11 +102,17 @@ FOLDER = "folder"  # a user's own image-folder tree; needs data_dir
 
 def dataset_names() -> list[str]:
     """Valid values of --dataset."""
-    return sorted(REGISTRY) + [FOLDER]
+    from zskt_tf import embedded
+
+    return sorted(REGISTRY) + [FOLDER] + [embedded.PREFIX + n for n in embedded.DATASETS]
 
 
 def get_info(name: str) -> DatasetInfo:
     """Registry lookup with a one-line error that lists the valid names."""
+    from zskt_tf import embedded
+
+    if embedded.is_embedded(name):
+        return REGISTRY[embedded.dataset_entry(name)[1]]
     if name not in REGISTRY:
         raise UserError(
             f"unknown dataset {name!r}; valid datasets: {', '.join(dataset_names())}"
@@ -165,8 +171,10 @@ def load_dataset(
     Returns:
         ImageData with 28x28 images padded to 32x32.
     """
-    from zskt_tf import sources  # local formats need more imports; load on demand
+    from zskt_tf import embedded, sources  # more imports; load them on demand
 
+    if embedded.is_embedded(name):
+        return embedded.load_dataset(name)
     if name == FOLDER:
         if data_dir is None:
             raise UserError("--dataset=folder needs --data_dir=<split/class/images>")

@@ -66,7 +66,14 @@ def load_weights_checked(
 def resolve_run(
     path: str | pathlib.Path, weights_name: str
 ) -> tuple[pathlib.Path, dict]:
-    """(weights file, config dict) for a run directory or a weights file in one."""
+    """(weights file, config dict) for a run directory or a weights file in one.
+
+    "embedded:<name>" names a teacher shipped with the package (zskt_tf.embedded).
+    """
+    from zskt_tf import embedded
+
+    if embedded.is_embedded(str(path)):
+        path = embedded.teacher_path(str(path))
     path = pathlib.Path(path)
     if path.is_dir():
         weights = path / weights_name

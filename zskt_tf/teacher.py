@@ -69,7 +69,7 @@ class TeacherConfig:
             datasets.get_info(self.dataset)
 
 
-def _make_train_step(model, optimizer, weight_decay: float, jit: bool):
+def make_train_step(model, optimizer, weight_decay: float, jit: bool):
     variables = model.trainable_variables
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
@@ -163,7 +163,7 @@ def train_teacher(
             config.lr, global_step, total_steps, config.lr_decay, config.lr_milestones
         )
 
-    train_step = _make_train_step(model, optimizer, config.weight_decay, config.jit)
+    train_step = make_train_step(model, optimizer, config.weight_decay, config.jit)
     predict = evaluation.make_predict_fn(model, config.jit)
     writer = tf.summary.create_file_writer(str(output_dir / "logs"))
     progress = Progress("teacher step", total_steps, start=int(step))

@@ -47,16 +47,26 @@ def check_architecture(depth: int, width: int) -> int:
     return (depth - 4) // 6
 
 
-def _conv(filters: int, kernel_size: int, strides: int, name: str):
+def _conv(x, filters: int, kernel_size: int, strides: int, name: str):
+    """Bias-free conv with PyTorch's symmetric zero padding of kernel_size // 2.
+
+    Keras "same" padding with stride 2 on an even input pads only bottom/right, which
+    samples a different grid than the authors' padding=1 convs; explicit symmetric
+    padding reproduces theirs exactly (and lets their trained weights be imported).
+    """
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        padding = "valid"
     return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=padding,
         use_bias=False,
         kernel_initializer=CONV_INIT,
         name=name,
-    )
+    )(x)
 
 
 def _bn_relu(x, name: str):
@@ -68,16 +78,16 @@ def _basic_block(x, filters: int, strides: int, name: str):
     """Pre-activation block: BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3(1) + shortcut."""
     equal_in_out = x.shape[-1] == filters
     activated = _bn_relu(x, f"{name}_1")
-    out = _conv(filters, 3, strides, f"{name}_conv1")(activated)
+    out = _conv(activated, filters, 3, strides, f"{name}_conv1")
     out = _bn_relu(out, f"{name}_2")
-    out = _conv(filters, 3, 1, f"{name}_conv2")(out)
+    out = _conv(out, filters, 3, 1, f"{name}_conv2")
     if equal_in_out:
         # The authors' WRN only ever changes stride together with channels, so an
         # identity shortcut never needs to downsample.
         shortcut = x
     else:
         # The 1x1 projection sees the BN-ReLU'd input, like conv1 (authors' code).
-        shortcut = _conv(filters, 1, strides, f"{name}_shortcut")(activated)
+        shortcut = _conv(activated, filters, 1, strides, f"{name}_shortcut")
     return keras.layers.Add(name=f"{name}_add")([shortcut, out])
 
 
@@ -106,7 +116,7 @@ def wide_resnet(
     if num_classes < 2:
         raise UserError(f"num_classes must be at least 2, got {num_classes}")
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = _conv(16, 3, 1, "stem_conv")(inputs)
+    x = _conv(inputs, 16, 3, 1, "stem_conv")
     taps = {}
     for group, (channels, stride) in enumerate(
         [(16 * width, 1), (32 * width, 2), (64 * width, 2)], start=1

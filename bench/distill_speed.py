@@ -1,0 +1,101 @@
+"""Seconds per outer zero-shot iteration: zskt_tf vs a loop in the authors' style.
+
+Both run in this process on the same models at batch 128 (n_g=1, n_s=10):
+- baseline: eager per-step updates; the generator (and the teacher) re-run for every
+  student step, as the authors' PyTorch loop does;
+- zskt_tf: zskt_tf.distill.make_iteration_fn, one compiled function per iteration.
+Peak memory is the process RSS sampled during each measurement.
+
+Usage: python bench/distill_speed.py [--pairs=16-2:16-1,40-2:16-1] [--iterations=2]
+"""
+
+import json
+
+import keras
+import tensorflow as tf
+from absl import app, flags
+
+from bench.common import peak_memory, time_per_call
+from zskt_tf import distill, losses
+from zskt_tf.generator import generator as build_generator
+from zskt_tf.wide_resnet import wide_resnet
+
+flags.DEFINE_list("pairs", ["16-2:16-1", "40-2:16-1"], "teacher:student WRNs.")
+flags.DEFINE_integer("iterations", 2, "Timed outer iterations per measurement.")
+flags.DEFINE_integer("batch_size", 128, "Pseudo batch size.")
+flags.DEFINE_boolean("jit", False, "Also time zskt_tf with XLA.")
+FLAGS = flags.FLAGS
+TAPS = ("block1", "block2", "block3")
+
+
+def build(teacher_arch, student_arch):
+    keras.utils.set_random_seed(0)
+    teacher = wide_resnet(*teacher_arch, name="teacher")
+    teacher.trainable = False
+    student = wide_resnet(*student_arch, name="student")
+    gen = build_generator(100, (32, 32, 3))
+    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    optimizers[0].build(student.trainable_variables)
+    optimizers[1].build(gen.trainable_variables)
+    return teacher, student, gen, optimizers
+
+
+def authors_style_iteration(teacher, student, gen, optimizers, z, n_s=10):
+    student_opt, gen_opt = optimizers
+    with tf.GradientTape() as tape:
+        images = gen(z, training=True)
+        loss = losses.generator_loss(student(images, training=True)["logits"],
+                                     teacher(images, training=False)["logits"])
+    grads = tape.gradient(loss, gen.trainable_variables)
+    gen_opt.apply(grads, gen.trainable_variables)
+    for _ in range(n_s):
+        images = gen(z, training=True)  # re-run for every student step
+        t_out = teacher(images, training=False)
+        with tf.GradientTape() as tape:
+            s_out = student(images, training=True)
+            loss = losses.student_loss(
+                s_out["logits"], t_out["logits"], [s_out[k] for k in TAPS],
+                [t_out[k] for k in TAPS], beta=250.0,
+            )  # fmt: skip
+        grads = tape.gradient(loss, student.trainable_variables)
+        student_opt.apply(grads, student.trainable_variables)
+
+
+def main(argv):
+    del argv
+    for pair in FLAGS.pairs:
+        teacher_arch, student_arch = (
+            tuple(int(v) for v in arch.split("-")) for arch in pair.split(":")
+        )
+        z = tf.random.normal((FLAGS.batch_size, 100))
+        row = {"teacher": f"WRN-{teacher_arch[0]}-{teacher_arch[1]}",
+               "student": f"WRN-{student_arch[0]}-{student_arch[1]}",
+               "batch_size": FLAGS.batch_size}  # fmt: skip
+        variants = [("zskt_tf", False)] + ([("zskt_tf_xla", True)] if FLAGS.jit else [])
+        for name, jit in variants:
+            teacher, student, gen, optimizers = build(teacher_arch, student_arch)
+            config = distill.DistillConfig(teacher="", output_dir="", jit=jit,
+                                           batch_size=FLAGS.batch_size)  # fmt: skip
+            step = distill.make_iteration_fn(teacher, student, gen, *optimizers, config)
+            memory = {}
+            with peak_memory(memory):
+                seconds = time_per_call(
+                    lambda s=step: s(z, tf.constant(0, tf.int64))[
+                        "train/student_loss"].numpy(), FLAGS.iterations)  # fmt: skip
+            row[f"{name}_s_per_iteration"] = round(seconds, 3)
+            row[f"{name}_peak_rss_mib"] = memory["peak_rss_mib"]
+        teacher, student, gen, optimizers = build(teacher_arch, student_arch)
+        memory = {}
+        with peak_memory(memory):
+            seconds = time_per_call(
+                lambda: authors_style_iteration(teacher, student, gen, optimizers, z),
+                FLAGS.iterations,
+            )
+        row["authors_style_s_per_iteration"] = round(seconds, 3)
+        row["authors_style_peak_rss_mib"] = memory["peak_rss_mib"]
+        row["ratio"] = round(row["zskt_tf_s_per_iteration"] / seconds, 3)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
