@@ -44,8 +44,10 @@ def authors_style_iteration(teacher, student, gen, optimizers, z, n_s=10):
     student_opt, gen_opt = optimizers
     with tf.GradientTape() as tape:
         images = gen(z, training=True)
-        loss = losses.generator_loss(student(images, training=True)["logits"],
-                                     teacher(images, training=False)["logits"])
+        loss = losses.generator_loss(
+            student(images, training=True)["logits"],
+            teacher(images, training=False)["logits"],
+        )
     grads = tape.gradient(loss, gen.trainable_variables)
     gen_opt.apply(grads, gen.trainable_variables)
     for _ in range(n_s):

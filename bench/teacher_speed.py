@@ -80,8 +80,15 @@ def main(argv):
             "ratio": round(ours / base, 3),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"machine": f"{platform.machine()}, {tf.config.threading.get_inter_op_parallelism_threads() or 'default'} inter-op threads",
-                      "tensorflow": tf.__version__, "keras": keras.__version__}))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {tf.config.threading.get_inter_op_parallelism_threads() or 'default'} inter-op threads",
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def main(argv):
         data.test_images, data.test_labels, FLAGS.per_class, FLAGS.seed
     )
     filename = embedded.DATASETS["cifar10-test-2k"][0]
-    np.savez_compressed(assets / filename, images=images, labels=labels.astype(np.uint8))
+    np.savez_compressed(
+        assets / filename, images=images, labels=labels.astype(np.uint8)
+    )
     for path in sorted(assets.rglob("*")):
         if path.is_file():
             print(f"{path.relative_to(assets)}: {path.stat().st_size / 1e6:.2f} MB")

@@ -104,7 +104,9 @@ def dataset_names() -> list[str]:
     """Valid values of --dataset."""
     from zskt_tf import embedded
 
-    return sorted(REGISTRY) + [FOLDER] + [embedded.PREFIX + n for n in embedded.DATASETS]
+    return (
+        sorted(REGISTRY) + [FOLDER] + [embedded.PREFIX + n for n in embedded.DATASETS]
+    )
 
 
 def get_info(name: str) -> DatasetInfo:

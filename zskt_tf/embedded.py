@@ -16,7 +16,9 @@ from zskt_tf.errors import UserError
 
 PREFIX = "embedded:"
 TEACHERS = {"cifar10-wrn-16-2": "cifar10-wrn-16-2"}  # name -> assets/ subdirectory
-DATASETS = {"cifar10-test-2k": ("cifar10-test-2k.npz", "cifar10")}  # name -> (file, base)
+DATASETS = {
+    "cifar10-test-2k": ("cifar10-test-2k.npz", "cifar10")
+}  # name -> (file, base)
 
 
 def is_embedded(name) -> bool:

@@ -1,0 +1,157 @@
+"""Export of a trained student (or teacher) to SavedModel and TFLite.
+
+The exported model takes RGB (or gray) pixels in [0, 255], uint8 or float, applies the
+dataset's normalisation itself and returns class probabilities. A metadata.json with
+the class names and input contract is written beside it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zskt_tf import model_io, pipelines, runs
+from zskt_tf.datasets import DatasetInfo
+from zskt_tf.errors import UserError
+from zskt_tf.wide_resnet import wide_resnet
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("none", "dynamic", "float16")
+
+
+def load_trained(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
+    """Loads the network of a teacher or zero-shot/few-shot student run directory.
+
+    Returns:
+        (model, config dict) with the model's weights loaded.
+    """
+    model_dir = pathlib.Path(model_dir)
+    for weights_name in (model_io.STUDENT_WEIGHTS, model_io.TEACHER_WEIGHTS):
+        if model_dir.is_file() or (model_dir / weights_name).is_file():
+            break
+    else:
+        seeds = sorted(model_dir.glob("seed_*")) if model_dir.is_dir() else []
+        hint = f"; pick one of its seeds, e.g. {seeds[0]}" if seeds else ""
+        raise UserError(f"{model_dir} holds no student or teacher weights{hint}")
+    weights, config = model_io.resolve_run(model_dir, weights_name)
+    info = DatasetInfo.from_json(config["dataset_info"])
+    model = wide_resnet(config["depth"], config["width"], info.num_classes,
+                        info.image_shape)  # fmt: skip
+    model_io.load_weights_checked(model, weights, "model")
+    return model, config
+
+
+def probabilities_fn(model: keras.Model, info: DatasetInfo):
+    """pixels in [0, 255] (any real or integer dtype) -> class probabilities."""
+
+    def probabilities(pixels):
+        images = pipelines.normalize(tf.cast(pixels, tf.float32), info.mean, info.std)
+        return tf.nn.softmax(model(images, training=False)["logits"], axis=-1)
+
+    return probabilities
+
+
+def export_saved_model(
+    model: keras.Model, info: DatasetInfo, path: str | pathlib.Path
+) -> pathlib.Path:
+    """Writes a SavedModel with float32 ('serving_default') and uint8 ('serve_uint8')
+    signatures, each mapping (B, H, W, C) pixels to {"probabilities": (B, classes)}."""
+    probabilities = probabilities_fn(model, info)
+    shape = [None, *info.image_shape]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda pixels: {"probabilities": probabilities(pixels)},
+        input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")],
+    )
+    archive.add_endpoint(
+        "serve_uint8",
+        lambda pixels: {"probabilities": probabilities(pixels)},
+        input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")],
+    )
+    archive.write_out(str(path), verbose=False)
+    return pathlib.Path(path)
+
+
+def export_tflite(
+    model: keras.Model,
+    info: DatasetInfo,
+    path: str | pathlib.Path,
+    quantize: str = "none",
+    input_dtype=tf.uint8,
+) -> pathlib.Path:
+    """Writes a TFLite model taking one (1, H, W, C) image of raw pixels.
+
+    Args:
+        quantize: "none" (float32), "dynamic" (int8 weights, dynamic-range) or
+            "float16" (float16 weights).
+        input_dtype: tf.uint8 for camera pixels, or tf.float32 for [0, 255] floats.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise UserError(f"quantize must be one of {', '.join(QUANTIZATIONS)}")
+    probabilities = probabilities_fn(model, info)
+    spec = tf.TensorSpec([1, *info.image_shape], input_dtype, name="pixels")
+    function = tf.function(lambda pixels: {"probabilities": probabilities(pixels)},
+                           input_signature=[spec]).get_concrete_function()  # fmt: skip
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    path = pathlib.Path(path)
+    path.write_bytes(converter.convert())
+    return path
+
+
+def tflite_probabilities(path: str | pathlib.Path, pixels: np.ndarray) -> np.ndarray:
+    """Runs a TFLite model exported here on (N, H, W, C) pixels, one image at a time."""
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    source = interpreter.get_input_details()[0]
+    target = interpreter.get_output_details()[0]
+    outputs = []
+    for image in pixels:
+        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(target["index"])[0])
+    return np.stack(outputs)
+
+
+def export(
+    model_dir: str | pathlib.Path,
+    fmt: str,
+    output_dir: str | pathlib.Path,
+    quantize: str = "none",
+) -> pathlib.Path:
+    """Exports a run's network; returns the SavedModel directory or .tflite file."""
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "saved_model" and quantize != "none":
+        raise UserError("--quantize applies to --format=tflite only")
+    model, config = load_trained(model_dir)
+    info = DatasetInfo.from_json(config["dataset_info"])
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "saved_model":
+        target = export_saved_model(model, info, output_dir / "saved_model")
+    else:
+        suffix = "" if quantize == "none" else f"-{quantize}"
+        target = export_tflite(
+            model, info, output_dir / f"model{suffix}.tflite", quantize
+        )
+    runs.write_json(output_dir / "metadata.json", {
+        "class_names": list(info.class_names),
+        "input": f"pixels in [0, 255], shape (batch, {', '.join(map(str, info.image_shape))})"
+                 + (", uint8 or float32 signatures" if fmt == "saved_model"
+                    else ", uint8, batch 1"),
+        "output": "probabilities over class_names",
+        "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+        "architecture": f"WRN-{config['depth']}-{config['width']}",
+        "source_run": str(pathlib.Path(model_dir).resolve()),
+        "dataset": info.name,
+    })  # fmt: skip
+    return target
