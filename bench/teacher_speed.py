@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from bench.common import time_per_call
-from zskt_tf import datasets, pipelines, teacher
+from zskt_tf import datasets, pipelines, supervised
 from zskt_tf.wide_resnet import wide_resnet
 
 flags.DEFINE_list("archs", ["16-1", "16-2", "40-2"], "WRN depth-width pairs.")
@@ -54,7 +54,7 @@ def zskt_images_per_second(depth, width, batch_size, steps):
     model = wide_resnet(depth, width)
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    train_step = teacher.make_train_step(model, optimizer, 5e-4, jit=False)
+    train_step = supervised.make_train_step(model, optimizer, 5e-4, jit=False)
     batches = iter(pipelines.train_dataset(images, labels, info, batch_size, 0, 0))
     lr = tf.constant(0.1)
 

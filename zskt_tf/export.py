@@ -16,32 +16,9 @@ import tensorflow as tf
 from zskt_tf import model_io, pipelines, runs
 from zskt_tf.datasets import DatasetInfo
 from zskt_tf.errors import UserError
-from zskt_tf.wide_resnet import wide_resnet
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "dynamic", "float16")
-
-
-def load_trained(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
-    """Loads the network of a teacher or zero-shot/few-shot student run directory.
-
-    Returns:
-        (model, config dict) with the model's weights loaded.
-    """
-    model_dir = pathlib.Path(model_dir)
-    for weights_name in (model_io.STUDENT_WEIGHTS, model_io.TEACHER_WEIGHTS):
-        if model_dir.is_file() or (model_dir / weights_name).is_file():
-            break
-    else:
-        seeds = sorted(model_dir.glob("seed_*")) if model_dir.is_dir() else []
-        hint = f"; pick one of its seeds, e.g. {seeds[0]}" if seeds else ""
-        raise UserError(f"{model_dir} holds no student or teacher weights{hint}")
-    weights, config = model_io.resolve_run(model_dir, weights_name)
-    info = DatasetInfo.from_json(config["dataset_info"])
-    model = wide_resnet(config["depth"], config["width"], info.num_classes,
-                        info.image_shape)  # fmt: skip
-    model_io.load_weights_checked(model, weights, "model")
-    return model, config
 
 
 def probabilities_fn(model: keras.Model, info: DatasetInfo):
@@ -132,7 +109,7 @@ def export(
         raise UserError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "saved_model" and quantize != "none":
         raise UserError("--quantize applies to --format=tflite only")
-    model, config = load_trained(model_dir)
+    model, config = model_io.load_network(model_dir)
     info = DatasetInfo.from_json(config["dataset_info"])
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

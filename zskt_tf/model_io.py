@@ -111,11 +111,41 @@ def load_teacher(path: str | pathlib.Path) -> keras.Model:
         training=False.
     """
     record = teacher_record(path)
-    info = DatasetInfo.from_json(record["dataset_info"])
-    model = wide_resnet(
-        record["depth"], record["width"], info.num_classes, info.image_shape,
-        name=f"teacher-wrn-{record['depth']}-{record['width']}",
-    )  # fmt: skip
-    load_weights_checked(model, record["weights"], "teacher")
+    model = _build_and_load(record, record["weights"], "teacher")
     model.trainable = False
+    return model
+
+
+def load_network(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
+    """Loads the network of a teacher, zero-shot or few-shot student run directory.
+
+    Accepts "embedded:<name>" teachers too. The model is not frozen.
+
+    Returns:
+        (model, config dict) with the model's weights loaded.
+    """
+    from zskt_tf import embedded
+
+    if embedded.is_embedded(str(model_dir)):
+        model_dir = embedded.teacher_path(str(model_dir))
+    model_dir = pathlib.Path(model_dir)
+    for weights_name in (STUDENT_WEIGHTS, TEACHER_WEIGHTS):
+        if model_dir.is_file() or (model_dir / weights_name).is_file():
+            break
+    else:
+        seeds = sorted(model_dir.glob("seed_*")) if model_dir.is_dir() else []
+        hint = f"; pick one of its seeds, e.g. {seeds[0]}" if seeds else ""
+        raise UserError(f"{model_dir} holds no student or teacher weights{hint}")
+    weights, config = resolve_run(model_dir, weights_name)
+    return _build_and_load(config, weights, "model"), config
+
+
+def _build_and_load(config: dict, weights, what: str) -> keras.Model:
+    """The WRN described by a run's config.json, with its weights loaded."""
+    info = DatasetInfo.from_json(config["dataset_info"])
+    model = wide_resnet(
+        config["depth"], config["width"], info.num_classes, info.image_shape,
+        name=f"{what}-wrn-{config['depth']}-{config['width']}",
+    )  # fmt: skip
+    load_weights_checked(model, weights, what)
     return model

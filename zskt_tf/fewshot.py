@@ -1,0 +1,166 @@
+"""Few-shot baselines (reference section 6): KD+AT with a teacher, "no teacher" cross
+entropy, and fine-tuning a zero-shot student, all on M images per class."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from zskt_tf import datasets, losses, model_io, runs, supervised
+from zskt_tf.errors import UserError
+from zskt_tf.training import mixed_precision_scope, positive
+from zskt_tf.wide_resnet import check_architecture, wide_resnet
+
+RUN_CONTROL_KEYS = ("output_dir", "data_dir", "cache_dir", "stop_at", "log_every",
+                    "eval_every", "teacher", "init_student")  # fmt: skip
+TAPS = ("block1", "block2", "block3")
+
+
+@dataclasses.dataclass(frozen=True)
+class FewShotConfig:
+    """A student trained on M images per class with the teacher's SGD recipe.
+
+    m_per_class=-1 uses all the data. The number of steps equals that of a
+    reference_epochs run on the full training split (section 6), so epochs over the
+    subset are scaled up and the lr milestones with them.
+    """
+
+    output_dir: str
+    m_per_class: int = 200
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    teacher: str | None = None  # KD+AT when given, plain cross entropy otherwise
+    init_student: str | None = None  # fine-tune this run's student instead
+    student_depth: int = 16
+    student_width: int = 1
+    reference_epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"
+    lr_decay: float = 0.2
+    lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    alpha: float = 0.9
+    temperature: float = 4.0
+    beta: float = 1000.0
+    seed: int = 0
+    eval_every: int | None = None  # steps; default 1% of the run
+    mixed_precision: bool = False
+    jit: bool = False
+    stop_at: int | None = None
+    log_every: int = 50
+
+    def recipe(self) -> supervised.SGDRecipe:
+        return supervised.SGDRecipe(
+            self.batch_size, self.lr, self.momentum, self.weight_decay,
+            self.lr_schedule, self.lr_decay, tuple(self.lr_milestones),
+        )  # fmt: skip
+
+    def validate(self) -> None:
+        check_architecture(self.student_depth, self.student_width)
+        positive("reference_epochs", self.reference_epochs)
+        self.recipe().validate()
+        if self.m_per_class != -1:
+            positive("m_per_class", self.m_per_class)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+def kd_at_loss_fn(teacher, alpha: float, temperature: float, beta: float):
+    """loss_fn for supervised.make_train_step: KD+AT against a frozen teacher."""
+
+    def loss_fn(images, labels, outputs):
+        teacher_out = teacher(images, training=False)
+        return losses.kd_at_loss(
+            labels, outputs["logits"], tf.stop_gradient(teacher_out["logits"]),
+            [outputs[k] for k in TAPS], [tf.stop_gradient(teacher_out[k]) for k in TAPS],
+            alpha=alpha, temperature=temperature, beta=beta,
+        )  # fmt: skip
+
+    return loss_fn
+
+
+def train_fewshot(
+    config: FewShotConfig, data: datasets.ImageData | None = None
+) -> dict:
+    """Trains (or resumes) a few-shot student; returns the results dict.
+
+    Raises:
+        UserError: M larger than a class, mismatched class counts, bad config.
+        checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
+    """
+    config.validate()
+    data = data or datasets.load_dataset(
+        config.dataset, config.data_dir, config.cache_dir
+    )
+    if len(data.train_images) == 0:
+        raise UserError(f"dataset {config.dataset} has no training split")
+    images, labels = datasets.few_shot_subset(
+        data.train_images, data.train_labels, config.m_per_class, config.seed
+    )
+    info = data.info
+    keras.utils.set_random_seed(config.seed)
+    with mixed_precision_scope(config.mixed_precision):
+        student = wide_resnet(
+            config.student_depth,
+            config.student_width,
+            info.num_classes,
+            info.image_shape,
+            name="student",
+        )
+        teacher = model_io.load_teacher(config.teacher) if config.teacher else None
+    if teacher is not None:
+        teacher_classes = teacher.output["logits"].shape[-1]
+        if teacher_classes != info.num_classes:
+            raise UserError(f"the teacher predicts {teacher_classes} classes but "
+                            f"{config.dataset} has {info.num_classes}")  # fmt: skip
+        if config.beta:
+            from zskt_tf.distill import check_attention_compatible
+
+            check_attention_compatible(teacher, student)
+    if config.init_student:
+        weights, init_config = model_io.resolve_run(
+            config.init_student, model_io.STUDENT_WEIGHTS
+        )
+        if (init_config.get("depth"), init_config.get("width")) != (
+            config.student_depth,
+            config.student_width,
+        ):
+            raise UserError(
+                f"--init_student is WRN-{init_config.get('depth')}-"
+                f"{init_config.get('width')} but the student is WRN-"
+                f"{config.student_depth}-{config.student_width}")  # fmt: skip
+        model_io.load_weights_checked(student, weights, "initial student")
+
+    steps_per_full_epoch = -(-len(data.train_images) // config.batch_size)
+    total_steps = config.reference_epochs * steps_per_full_epoch
+    record = dataclasses.asdict(config) | {
+        "kind": "fewshot_student", "depth": config.student_depth,
+        "width": config.student_width, "num_classes": info.num_classes,
+        "input_shape": list(info.image_shape), "dataset_info": info.to_json(),
+        "subset_size": len(images), "total_steps": total_steps,
+        "method": "kd_at" if teacher is not None else "no_teacher",
+    }  # fmt: skip
+    runs.prepare_output_dir(config.output_dir, record, ignore=RUN_CONTROL_KEYS)
+    loss_fn = (kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
+               if teacher is not None else supervised.cross_entropy)  # fmt: skip
+    results = supervised.train_supervised(
+        model=student, train_images=images, train_labels=labels, data=data,
+        recipe=config.recipe(), output_dir=config.output_dir, seed=config.seed,
+        total_steps=total_steps,
+        eval_every=config.eval_every or max(1, total_steps // 100),
+        weights_name=model_io.STUDENT_WEIGHTS, loss_fn=loss_fn,
+        mixed_precision=config.mixed_precision, jit=config.jit,
+        stop_at=config.stop_at, log_every=config.log_every, label="few-shot step",
+    )  # fmt: skip
+    results |= {
+        "m_per_class": config.m_per_class,
+        "subset_size": len(images),
+        "method": record["method"],
+    }
+    runs.write_json(f"{config.output_dir}/{runs.RESULTS_FILE}", results)
+    return results
