@@ -36,13 +36,17 @@ def main(argv):
     start = time.perf_counter()
     total = sum(run(epoch) for epoch in range(1, FLAGS.epochs + 1))
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "images": total,
-        "seconds": round(seconds, 2),
-        "images_per_second": round(total / seconds),
-        "batch_size": FLAGS.batch_size,
-        "augment": "random crop (pad 4) + horizontal flip, normalised float32",
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "images": total,
+                "seconds": round(seconds, 2),
+                "images_per_second": round(total / seconds),
+                "batch_size": FLAGS.batch_size,
+                "augment": "random crop (pad 4) + horizontal flip, normalised float32",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ def authors_style_iteration(teacher, student, gen, optimizers, z, n_s=10):
         with tf.GradientTape() as tape:
             s_out = student(images, training=True)
             loss = losses.student_loss(
-                s_out["logits"], t_out["logits"], [s_out[k] for k in TAPS],
-                [t_out[k] for k in TAPS], beta=250.0,
-            )  # fmt: skip
+                s_out["logits"],
+                t_out["logits"],
+                [s_out[k] for k in TAPS],
+                [t_out[k] for k in TAPS],
+                beta=250.0,
+            )
         grads = tape.gradient(loss, student.trainable_variables)
         student_opt.apply(grads, student.trainable_variables)
 
@@ -70,27 +73,35 @@ def main(argv):
             tuple(int(v) for v in arch.split("-")) for arch in pair.split(":")
         )
         z = tf.random.normal((FLAGS.batch_size, 100))
-        row = {"teacher": f"WRN-{teacher_arch[0]}-{teacher_arch[1]}",
-               "student": f"WRN-{student_arch[0]}-{student_arch[1]}",
-               "batch_size": FLAGS.batch_size}  # fmt: skip
+        row = {
+            "teacher": f"WRN-{teacher_arch[0]}-{teacher_arch[1]}",
+            "student": f"WRN-{student_arch[0]}-{student_arch[1]}",
+            "batch_size": FLAGS.batch_size,
+        }
         variants = [("zskt_tf", False)] + ([("zskt_tf_xla", True)] if FLAGS.jit else [])
         for name, jit in variants:
             teacher, student, gen, optimizers = build(teacher_arch, student_arch)
-            config = distill.DistillConfig(teacher="", output_dir="", jit=jit,
-                                           batch_size=FLAGS.batch_size)  # fmt: skip
+            config = distill.DistillConfig(
+                teacher="", output_dir="", jit=jit, batch_size=FLAGS.batch_size
+            )
             step = distill.make_iteration_fn(teacher, student, gen, *optimizers, config)
             memory = {}
             with peak_memory(memory):
                 seconds = time_per_call(
-                    lambda s=step: s(z, tf.constant(0, tf.int64))[
-                        "train/student_loss"].numpy(), FLAGS.iterations)  # fmt: skip
+                    lambda s=step, z=z: s(z, tf.constant(0, tf.int64))[
+                        "train/student_loss"
+                    ].numpy(),
+                    FLAGS.iterations,
+                )
             row[f"{name}_s_per_iteration"] = round(seconds, 3)
             row[f"{name}_peak_rss_mib"] = memory["peak_rss_mib"]
         teacher, student, gen, optimizers = build(teacher_arch, student_arch)
         memory = {}
         with peak_memory(memory):
             seconds = time_per_call(
-                lambda: authors_style_iteration(teacher, student, gen, optimizers, z),
+                lambda nets=(teacher, student, gen, optimizers), z=z: (
+                    authors_style_iteration(*nets, z)
+                ),
                 FLAGS.iterations,
             )
         row["authors_style_s_per_iteration"] = round(seconds, 3)

@@ -36,8 +36,11 @@ def run_program(name: str, *args: str, timeout: float = 300, check: bool = True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, str(REPO / "bin" / name), *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{name} exited {result.returncode}\nstdout:\n{result.stdout}\n"
@@ -50,8 +53,11 @@ def start_program(name: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     return subprocess.Popen(
         [sys.executable, str(REPO / "bin" / name), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def weights_arrays(path) -> dict:
@@ -60,7 +66,10 @@ def weights_arrays(path) -> dict:
     arrays = {}
     with h5py.File(path, "r") as file:
         file.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()])
-            if isinstance(item, h5py.Dataset) else None
-        )  # fmt: skip
+            lambda name, item: (
+                arrays.__setitem__(name, item[()])
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
     return arrays

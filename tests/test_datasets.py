@@ -130,10 +130,14 @@ def test_cifar_python_archives(tmp_path):
     c100 = tmp_path / "c100" / "cifar-100-python"
     c100.mkdir(parents=True)
     for name, n in (("train", 6), ("test", 2)):
-        (c100 / name).write_bytes(pickle.dumps({
-            "data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
-            "fine_labels": list(range(n)),
-        }))  # fmt: skip
+        (c100 / name).write_bytes(
+            pickle.dumps(
+                {
+                    "data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                    "fine_labels": list(range(n)),
+                }
+            )
+        )
     fine = {"fine_label_names": list(datasets.CIFAR100_CLASSES)}
     (c100 / "meta").write_bytes(pickle.dumps(fine))
     data100 = datasets.load_dataset("cifar100", c100.parent, cache_dir=tmp_path / "c")
@@ -176,10 +180,13 @@ def test_svhn_mat_files(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
     rng = np.random.default_rng(3)
     for split, n in (("train", 4), ("test", 2)):
-        scipy_io.savemat(tmp_path / f"{split}_32x32.mat", {
-            "X": rng.integers(0, 255, (32, 32, 3, n), dtype=np.uint8),
-            "y": np.array([[10], [1], [2], [3]][:n], dtype=np.uint8),
-        })  # fmt: skip
+        scipy_io.savemat(
+            tmp_path / f"{split}_32x32.mat",
+            {
+                "X": rng.integers(0, 255, (32, 32, 3, n), dtype=np.uint8),
+                "y": np.array([[10], [1], [2], [3]][:n], dtype=np.uint8),
+            },
+        )
     data = datasets.load_dataset("svhn", tmp_path, cache_dir=tmp_path / "c")
     assert data.train_images.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(data.train_labels, [0, 1, 2, 3])  # 10 means digit 0
@@ -242,9 +249,10 @@ def test_few_shot_subset_exact_and_reproducible():
 )
 def test_shared_cifar10_copy(tmp_path_factory):
     data = datasets.load_dataset(
-        "cifar10", SHARED_DATASETS / "cifar10-jpeg.tar.gz",
+        "cifar10",
+        SHARED_DATASETS / "cifar10-jpeg.tar.gz",
         cache_dir=tmp_path_factory.getbasetemp() / "shared-cache",
-    )  # fmt: skip
+    )
     assert data.train_images.shape == (50_000, 32, 32, 3)
     assert data.test_images.shape == (10_000, 32, 32, 3)
     np.testing.assert_array_equal(np.bincount(data.train_labels), [5000] * 10)

@@ -23,20 +23,37 @@ def tiny(tmp_path_factory):
     root = write_tiny_folder(base / "data")
     data = datasets.load_dataset("folder", root, base / "cache")
     teacher_dir = base / "teacher"
-    teacher.train_teacher(teacher.TeacherConfig(
-        output_dir=str(teacher_dir), dataset="folder", depth=10, width=2, epochs=1,
-        batch_size=8,
-    ), data)  # fmt: skip
+    teacher.train_teacher(
+        teacher.TeacherConfig(
+            output_dir=str(teacher_dir),
+            dataset="folder",
+            depth=10,
+            width=2,
+            epochs=1,
+            batch_size=8,
+        ),
+        data,
+    )
     return root, data, teacher_dir
 
 
 def _config(tiny, out, **overrides):
     _, _, teacher_dir = tiny
-    values = dict(
-        teacher=str(teacher_dir), output_dir=str(out), dataset="folder",
-        student_depth=10, student_width=1, batch_size=8, z_dim=16,
-        total_iterations=6, student_steps=2, eval_every=3,
-    ) | overrides  # fmt: skip
+    values = (
+        dict(
+            teacher=str(teacher_dir),
+            output_dir=str(out),
+            dataset="folder",
+            student_depth=10,
+            student_width=1,
+            batch_size=8,
+            z_dim=16,
+            total_iterations=6,
+            student_steps=2,
+            eval_every=3,
+        )
+        | overrides
+    )
     return distill.DistillConfig(**values)
 
 
@@ -88,8 +105,10 @@ def _np_losses(t_out, s_out, beta):
         log_softmax(s_out["logits"].numpy()),
     )
     kl = (np.exp(log_t) * (log_t - log_s)).mean()
-    at = sum(((attention(s_out[k].numpy()) - attention(t_out[k].numpy())) ** 2).mean()
-             for k in ("block1", "block2", "block3"))  # fmt: skip
+    at = sum(
+        ((attention(s_out[k].numpy()) - attention(t_out[k].numpy())) ** 2).mean()
+        for k in ("block1", "block2", "block3")
+    )
     return kl, at, kl + beta * at
 
 
@@ -125,16 +144,31 @@ def test_cli_end_to_end_leaves_every_output(tmp_path, tiny):
     root, _, teacher_dir = tiny
     out = tmp_path / "zs"
     result = run_program(
-        "zskt-tf-distill", f"--teacher={teacher_dir}", "--dataset=folder",
-        f"--data_dir={root}", f"--cache_dir={tmp_path / 'c'}", "--student_depth=10",
-        "--batch_size=8", "--z_dim=16", "--total_iterations=4", "--n_s=2",
-        "--eval_every=2", "--seeds=0,1", f"--output_dir={out}",
-    )  # fmt: skip
+        "zskt-tf-distill",
+        f"--teacher={teacher_dir}",
+        "--dataset=folder",
+        f"--data_dir={root}",
+        f"--cache_dir={tmp_path / 'c'}",
+        "--student_depth=10",
+        "--batch_size=8",
+        "--z_dim=16",
+        "--total_iterations=4",
+        "--n_s=2",
+        "--eval_every=2",
+        "--seeds=0,1",
+        f"--output_dir={out}",
+    )
     assert "zero-shot student test accuracy" in result.stdout
     for seed in (0, 1):
         run = out / f"seed_{seed}"
-        for name in ("student.weights.h5", "generator.weights.h5", "config.json",
-                     "results.json", "samples.png", "accuracy.png"):  # fmt: skip
+        for name in (
+            "student.weights.h5",
+            "generator.weights.h5",
+            "config.json",
+            "results.json",
+            "samples.png",
+            "accuracy.png",
+        ):
             assert (run / name).is_file(), (seed, name)
         results = json.loads((run / "results.json").read_text())
         assert [e["iteration"] for e in results["evaluations"]] == [0, 2, 4]
@@ -150,8 +184,13 @@ def test_cli_end_to_end_leaves_every_output(tmp_path, tiny):
     for event_file in (out / "seed_0" / "logs").glob("events.*"):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags |= {value.tag for value in event.summary.value}
-    assert {"train/generator_loss", "train/student_lr", "test/accuracy",
-            "train/teacher_max_prob", "pseudo_images"} <= tags  # fmt: skip
+    assert {
+        "train/generator_loss",
+        "train/student_lr",
+        "test/accuracy",
+        "train/teacher_max_prob",
+        "pseudo_images",
+    } <= tags
     # The student loads like any run directory and is the student that was evaluated.
     student = wide_resnet(10, 1, 3, (16, 16, 3))
     model_io.load_weights_checked(student, out / "seed_0" / "student.weights.h5", "s")
@@ -161,8 +200,9 @@ def test_stop_at_and_rerun_equal_an_uninterrupted_run(tmp_path, tiny):
     _, data, _ = tiny
     straight = _config(tiny, tmp_path / "straight", total_iterations=5)
     distill.distill_one_seed(straight, data)
-    chunked = dataclasses.replace(straight, output_dir=str(tmp_path / "chunked"),
-                                  stop_at=2)  # fmt: skip
+    chunked = dataclasses.replace(
+        straight, output_dir=str(tmp_path / "chunked"), stop_at=2
+    )
     with pytest.raises(checkpoints.Interrupted, match="iteration 2/5"):
         distill.distill_one_seed(chunked, data)
     with pytest.raises(checkpoints.Interrupted, match="iteration 3/5"):
@@ -196,8 +236,9 @@ def test_bad_input_is_caught_before_training(tmp_path, tiny):
             _config(tiny, tmp_path / "b", teacher=str(wrong)), data
         )
     # A dataset whose class count differs from the teacher's.
-    four = datasets.load_dataset("folder", write_tiny_folder(tmp_path / "four", 4),
-                                 tmp_path / "c")  # fmt: skip
+    four = datasets.load_dataset(
+        "folder", write_tiny_folder(tmp_path / "four", 4), tmp_path / "c"
+    )
     with pytest.raises(UserError, match="4 classes but the teacher predicts 3"):
         distill.distill_one_seed(_config(tiny, tmp_path / "d"), four)
     with pytest.raises(UserError, match="invalid Wide ResNet depth"):
@@ -210,8 +251,12 @@ def test_bad_input_is_caught_before_training(tmp_path, tiny):
     with pytest.raises(UserError, match="attention transfer needs matching taps"):
         distill.check_attention_compatible(big, small)
     # Through the command line: one line, status 2.
-    result = run_program("zskt-tf-distill", f"--teacher={tmp_path / 'none'}",
-                         f"--output_dir={tmp_path / 'f'}", check=False)  # fmt: skip
+    result = run_program(
+        "zskt-tf-distill",
+        f"--teacher={tmp_path / 'none'}",
+        f"--output_dir={tmp_path / 'f'}",
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error:" in result.stderr and "not found" in result.stderr
 

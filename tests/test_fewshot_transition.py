@@ -18,24 +18,43 @@ def tiny(tmp_path_factory):
     root = write_tiny_folder(base / "data", train_per_class=8, test_per_class=12)
     data = datasets.load_dataset("folder", root, base / "cache")
     teacher_dir = base / "teacher"
-    teacher.train_teacher(teacher.TeacherConfig(
-        output_dir=str(teacher_dir), dataset="folder", depth=10, width=2, epochs=4,
-        batch_size=8, lr=0.05,
-    ), data)  # fmt: skip
+    teacher.train_teacher(
+        teacher.TeacherConfig(
+            output_dir=str(teacher_dir),
+            dataset="folder",
+            depth=10,
+            width=2,
+            epochs=4,
+            batch_size=8,
+            lr=0.05,
+        ),
+        data,
+    )
     return root, data, teacher_dir
 
 
 def _config(tmp_path, name, **overrides):
-    values = dict(output_dir=str(tmp_path / name), dataset="folder", m_per_class=3,
-                  student_depth=10, student_width=1, reference_epochs=2,
-                  batch_size=4, eval_every=3) | overrides  # fmt: skip
+    values = (
+        dict(
+            output_dir=str(tmp_path / name),
+            dataset="folder",
+            m_per_class=3,
+            student_depth=10,
+            student_width=1,
+            reference_epochs=2,
+            batch_size=4,
+            eval_every=3,
+        )
+        | overrides
+    )
     return fewshot.FewShotConfig(**values)
 
 
 def test_fewshot_sees_m_per_class_and_scales_steps(tmp_path, tiny):
     _, data, teacher_dir = tiny
-    results = fewshot.train_fewshot(_config(tmp_path, "kd", teacher=str(teacher_dir)),
-                                    data)  # fmt: skip
+    results = fewshot.train_fewshot(
+        _config(tmp_path, "kd", teacher=str(teacher_dir)), data
+    )
     assert results["subset_size"] == 9 and results["method"] == "kd_at"
     # Steps of a 2-epoch run on the 24 training images at batch 4: 2 * 6 = 12.
     assert results["steps"] == 12
@@ -60,8 +79,11 @@ def test_kd_at_loss_fn_matches_the_formula(tiny):
     value = fewshot.kd_at_loss_fn(frozen, 0.9, 4.0, 1000.0)(images, labels, outputs)
     t_out = frozen(images, training=False)
     taps = ("block1", "block2", "block3")
-    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=outputs["logits"]))  # fmt: skip
+    ce = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=outputs["logits"]
+        )
+    )
     kl = losses.kl_divergence(t_out["logits"], outputs["logits"], 4.0)
     at = sum(losses.attention_loss(outputs[k], t_out[k]) for k in taps)
     expected = 0.1 * ce + 2 * 0.9 * 16 * kl + 1000 * at
@@ -72,14 +94,18 @@ def test_fine_tuning_starts_from_the_given_student(tmp_path, tiny):
     _, data, teacher_dir = tiny
     base = fewshot.train_fewshot(_config(tmp_path, "base", reference_epochs=1), data)
     assert base["steps"] == 6
-    config = _config(tmp_path, "ft", init_student=str(tmp_path / "base"),
-                     teacher=str(teacher_dir), stop_at=1)  # fmt: skip
+    config = _config(
+        tmp_path,
+        "ft",
+        init_student=str(tmp_path / "base"),
+        teacher=str(teacher_dir),
+        stop_at=1,
+    )
     from zskt_tf import checkpoints
 
     with pytest.raises(checkpoints.Interrupted):
         fewshot.train_fewshot(config, data)
-    bad = _config(tmp_path, "ft2", init_student=str(tmp_path / "base"),
-                  student_width=2)  # fmt: skip
+    bad = _config(tmp_path, "ft2", init_student=str(tmp_path / "base"), student_width=2)
     with pytest.raises(UserError, match="--init_student is WRN-10-1"):
         fewshot.train_fewshot(bad, data)
 
@@ -93,8 +119,9 @@ def test_fewshot_bad_input(tmp_path, tiny):
 def test_mte_of_a_net_against_itself_is_zero_and_attack_raises_p(tmp_path, tiny):
     _, data, teacher_dir = tiny
     net = model_io.load_teacher(teacher_dir)
-    curves = transition.transition_curves(net, net, data.test_images, data.test_labels,
-                                          data.info, n_images=6, steps=5)  # fmt: skip
+    curves = transition.transition_curves(
+        net, net, data.test_images, data.test_labels, data.info, n_images=6, steps=5
+    )
     assert curves["mte"] == 0.0
     assert curves["p_a"].shape == (6, 2, 5)
     # Targets are the other classes, (label + 1 + i) mod C.
@@ -104,9 +131,9 @@ def test_mte_of_a_net_against_itself_is_zero_and_attack_raises_p(tmp_path, tiny)
     assert (curves["p_a"][..., -1] > curves["p_a"][..., 0]).all()
     assert curves["p_a"][..., -1].mean() > curves["p_a"][..., 0].mean()
     other = wide_resnet(10, 1, 3, (16, 16, 3))
-    mixed = transition.transition_curves(net, other, data.test_images,
-                                         data.test_labels, data.info, n_images=2,
-                                         steps=3)  # fmt: skip
+    mixed = transition.transition_curves(
+        net, other, data.test_images, data.test_labels, data.info, n_images=2, steps=3
+    )
     assert mixed["mte"] > 0
 
 
@@ -114,22 +141,42 @@ def test_transition_bad_input(tiny):
     _, data, teacher_dir = tiny
     net = model_io.load_teacher(teacher_dir)
     with pytest.raises(UserError, match=r"only \d+ of 36 test images .*500 needed"):
-        transition.transition_curves(net, net, data.test_images, data.test_labels,
-                                     data.info, n_images=500, steps=2)  # fmt: skip
+        transition.transition_curves(
+            net,
+            net,
+            data.test_images,
+            data.test_labels,
+            data.info,
+            n_images=500,
+            steps=2,
+        )
     four = wide_resnet(10, 1, 4, (16, 16, 3))
     with pytest.raises(UserError, match="different class counts: 3 vs 4"):
-        transition.transition_curves(net, four, data.test_images, data.test_labels,
-                                     data.info, n_images=2, steps=2)  # fmt: skip
+        transition.transition_curves(
+            net,
+            four,
+            data.test_images,
+            data.test_labels,
+            data.info,
+            n_images=2,
+            steps=2,
+        )
 
 
 def test_transition_cli_writes_curves_results_and_plot(tmp_path, tiny):
     root, _, teacher_dir = tiny
     out = tmp_path / "tr"
     result = run_program(
-        "zskt-tf-transition", f"--net_a={teacher_dir}", f"--net_b={teacher_dir}",
-        "--dataset=folder", f"--data_dir={root}", f"--cache_dir={tmp_path / 'c'}",
-        "--n_images=4", "--steps=3", f"--output_dir={out}",
-    )  # fmt: skip
+        "zskt-tf-transition",
+        f"--net_a={teacher_dir}",
+        f"--net_b={teacher_dir}",
+        "--dataset=folder",
+        f"--data_dir={root}",
+        f"--cache_dir={tmp_path / 'c'}",
+        "--n_images=4",
+        "--steps=3",
+        f"--output_dir={out}",
+    )
     assert "MTE 0.0000" in result.stdout
     assert json.loads((out / "results.json").read_text())["mte"] == 0.0
     with np.load(out / "curves.npz") as curves:

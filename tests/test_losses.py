@@ -79,7 +79,7 @@ def test_student_and_generator_losses(batch):
     kl = _np_kl(batch["teacher"], batch["student"])
     attention = sum(
         ((_np_attention(s) - _np_attention(t)) ** 2).mean()
-        for s, t in zip(batch["s_taps"], batch["t_taps"])
+        for s, t in zip(batch["s_taps"], batch["t_taps"], strict=True)
     )
     value = zskt_tf.student_loss(
         batch["student"], batch["teacher"], batch["s_taps"], batch["t_taps"], beta=250
@@ -99,7 +99,7 @@ def test_kd_at_loss_matches_formula(batch):
     kl_t4 = _np_kl(batch["teacher"], batch["student"], 4.0)
     attention = sum(
         ((_np_attention(s) - _np_attention(t)) ** 2).mean()
-        for s, t in zip(batch["s_taps"], batch["t_taps"])
+        for s, t in zip(batch["s_taps"], batch["t_taps"], strict=True)
     )
     expected = 0.1 * cross_entropy + 2 * 0.9 * 16 * kl_t4 + 1000 * attention
     value = zskt_tf.kd_at_loss(
@@ -143,6 +143,6 @@ def test_generator_gradient_flows_through_frozen_teacher_and_student():
         norm = float(tf.linalg.global_norm(grads))
         assert norm > 1e-6, f"no generator gradient through the {name}"
     # The two paths add up to the full gradient: the teacher's share is really in it.
-    for g_full, g_t, g_s in zip(full, via_teacher, via_student):
+    for g_full, g_t, g_s in zip(full, via_teacher, via_student, strict=True):
         np.testing.assert_allclose(g_full.numpy(), (g_t + g_s).numpy(), atol=1e-5)
     assert teacher.trainable_variables == []

@@ -34,9 +34,14 @@ def test_augmentation_keeps_shape_and_values_and_varies():
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     for a, p in zip(out[:16], padded[:16], strict=True):
         windows = [
-            w for dy in range(9) for dx in range(9)
-            for w in (p[dy:dy + 32, dx:dx + 32], p[dy:dy + 32, dx:dx + 32][:, ::-1])
-        ]  # fmt: skip
+            w
+            for dy in range(9)
+            for dx in range(9)
+            for w in (
+                p[dy : dy + 32, dx : dx + 32],
+                p[dy : dy + 32, dx : dx + 32][:, ::-1],
+            )
+        ]
         assert any(np.array_equal(a, w) for w in windows)
     # Different images get different crops: the output is no global shift.
     shifts = {tuple(np.argwhere(a.any(-1))[0]) for a in out}
@@ -58,9 +63,11 @@ def test_train_dataset_shuffles_by_seed_and_resumes_mid_epoch():
     assert [b[0].shape[0] for b in epoch] == [16, 16, 16, 2]  # last batch kept
     seen = np.concatenate([b[1] for b in epoch])
     assert sorted(seen) == list(range(50)) and not np.array_equal(seen, np.arange(50))
-    resumed = list(pipelines.train_dataset(
-        images, labels, INFO, 16, seed=0, epoch=3, start_batch=2
-    ))  # fmt: skip
+    resumed = list(
+        pipelines.train_dataset(
+            images, labels, INFO, 16, seed=0, epoch=3, start_batch=2
+        )
+    )
     for a, b in zip(resumed, epoch[2:], strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])

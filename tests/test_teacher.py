@@ -9,8 +9,11 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import (
-    run_program, start_program, weights_arrays, write_tiny_folder,
-)  # fmt: skip
+    run_program,
+    start_program,
+    weights_arrays,
+    write_tiny_folder,
+)
 from zskt_tf import checkpoints, datasets, evaluation, model_io, teacher
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import wide_resnet
@@ -24,19 +27,31 @@ def tiny(tmp_path_factory):
 
 def _config(tmp_path, name, **overrides):
     return teacher.TeacherConfig(
-        output_dir=str(tmp_path / name), dataset="folder", depth=10, width=1,
-        epochs=2, batch_size=5, lr=0.05, **overrides,
-    )  # fmt: skip
+        output_dir=str(tmp_path / name),
+        dataset="folder",
+        depth=10,
+        width=1,
+        epochs=2,
+        batch_size=5,
+        lr=0.05,
+        **overrides,
+    )
 
 
 def test_cli_one_epoch_leaves_every_file(tmp_path, tiny):
     root, _ = tiny
     out = tmp_path / "run"
     result = run_program(
-        "zskt-tf-teacher", "--dataset=folder", f"--data_dir={root}",
-        f"--cache_dir={tmp_path / 'cache'}", "--depth=10", "--width=1", "--epochs=1",
-        "--batch_size=8", f"--output_dir={out}",
-    )  # fmt: skip
+        "zskt-tf-teacher",
+        "--dataset=folder",
+        f"--data_dir={root}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        "--depth=10",
+        "--width=1",
+        "--epochs=1",
+        "--batch_size=8",
+        f"--output_dir={out}",
+    )
     assert "test accuracy" in result.stdout
     for name in ("teacher.weights.h5", "config.json", "results.json", "history.json"):
         assert (out / name).is_file(), name
@@ -93,9 +108,16 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tiny):
 def test_sigint_saves_a_checkpoint_and_rerun_continues(tmp_path, tiny):
     root, _ = tiny
     out = tmp_path / "sig"
-    args = ["--dataset=folder", f"--data_dir={root}", f"--cache_dir={tmp_path / 'c'}",
-            "--depth=10", "--width=1", "--epochs=400", "--batch_size=4",
-            f"--output_dir={out}"]  # fmt: skip
+    args = [
+        "--dataset=folder",
+        f"--data_dir={root}",
+        f"--cache_dir={tmp_path / 'c'}",
+        "--depth=10",
+        "--width=1",
+        "--epochs=400",
+        "--batch_size=4",
+        f"--output_dir={out}",
+    ]
     process = start_program("zskt-tf-teacher", *args)
     for line in process.stdout:
         if "teacher step" in line:
@@ -108,8 +130,9 @@ def test_sigint_saves_a_checkpoint_and_rerun_continues(tmp_path, tiny):
     saved = tf.train.latest_checkpoint(str(out / "checkpoints"))
     step = int(saved.rsplit("-", 1)[1])
     assert step >= 1
-    rerun = run_program("zskt-tf-teacher", *args, "--stop_at=" + str(step + 2),
-                        check=False)  # fmt: skip
+    rerun = run_program(
+        "zskt-tf-teacher", *args, "--stop_at=" + str(step + 2), check=False
+    )
     assert rerun.returncode == 130
     assert f"step {step + 2}/" in rerun.stderr
 
@@ -124,21 +147,29 @@ def test_bad_input(tmp_path, tiny):
         UserError, match="different configuration.*width: 1 there, 2 now"
     ):
         teacher.train_teacher(other, data)
-    for bad in (dict(epochs=0), dict(batch_size=-3), dict(depth=18), dict(width=0),
-                dict(dataset="imagenet")):  # fmt: skip
+    for bad in (
+        dict(epochs=0),
+        dict(batch_size=-3),
+        dict(depth=18),
+        dict(width=0),
+        dict(dataset="imagenet"),
+    ):
         with pytest.raises(UserError):
             dataclasses.replace(config, **bad).validate()
 
 
 @pytest.mark.parametrize(
     "flag, message",
-    [("--depth=18", "invalid Wide ResNet depth 18"),
-     ("--epochs=0", "epochs must be positive"),
-     ("--dataset=imagenet", "unknown dataset 'imagenet'")],
-)  # fmt: skip
+    [
+        ("--depth=18", "invalid Wide ResNet depth 18"),
+        ("--epochs=0", "epochs must be positive"),
+        ("--dataset=imagenet", "unknown dataset 'imagenet'"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tmp_path, flag, message):
-    result = run_program("zskt-tf-teacher", flag, f"--output_dir={tmp_path / 'x'}",
-                         check=False)  # fmt: skip
+    result = run_program(
+        "zskt-tf-teacher", flag, f"--output_dir={tmp_path / 'x'}", check=False
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [

@@ -100,8 +100,11 @@ def test_imported_teacher_matches_pytorch(tmp_path, depth, width):
     np.testing.assert_allclose(actual["logits"].numpy(), expected[0].numpy(), atol=1e-4)
     for name, tensor in zip(("block1", "block2", "block3"), expected[1:], strict=True):
         np.testing.assert_allclose(
-            actual[name].numpy(), tensor.numpy().transpose(0, 2, 3, 1), atol=1e-4,
-            err_msg=name)  # fmt: skip
+            actual[name].numpy(),
+            tensor.numpy().transpose(0, 2, 3, 1),
+            atol=1e-4,
+            err_msg=name,
+        )
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "teacher" and (config["depth"], config["width"]) == (
         depth,
@@ -119,8 +122,9 @@ def test_bare_state_dict_and_dataparallel_prefix(tmp_path):
     images = np.zeros((1, 32, 32, 3), np.float32)
     with torch.no_grad():
         expected = net(torch.zeros(1, 3, 32, 32))[0].numpy()
-    np.testing.assert_allclose(model(images, training=False)["logits"], expected,
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        model(images, training=False)["logits"], expected, atol=1e-4
+    )
 
 
 def test_mismatch_names_the_first_key_with_shapes(tmp_path):
@@ -136,9 +140,14 @@ def test_mismatch_names_the_first_key_with_shapes(tmp_path):
         torch_import.convert(state, 22, 1)
     with pytest.raises(UserError, match=r"unexpected key block1\.layer\.1"):
         torch_import.convert(state, 10, 1)
-    result = run_program("zskt-tf-import-torch", f"--checkpoint={tmp_path / 'w1.pth'}",
-                         "--depth=16", "--width=2", f"--output_dir={tmp_path / 'o'}",
-                         check=False)  # fmt: skip
+    result = run_program(
+        "zskt-tf-import-torch",
+        f"--checkpoint={tmp_path / 'w1.pth'}",
+        "--depth=16",
+        "--width=2",
+        f"--output_dir={tmp_path / 'o'}",
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "expected shape (32, 16, 3, 3), found (16, 16, 3, 3)" in result.stderr
 
@@ -147,8 +156,10 @@ def test_pickled_python_objects_need_trust(tmp_path):
     import argparse
 
     net = _randomised(10, 1)
-    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": net.state_dict()},
-               tmp_path / "args.pth")  # fmt: skip
+    torch.save(
+        {"args": argparse.Namespace(lr=0.1), "state_dict": net.state_dict()},
+        tmp_path / "args.pth",
+    )
     with pytest.raises(UserError, match="--trust_checkpoint"):
         torch_import.read_state_dict(tmp_path / "args.pth")
     assert "conv1.weight" in torch_import.read_state_dict(

@@ -1,4 +1,4 @@
-"""zskt_tf: Zero-shot Knowledge Transfer via Adversarial Belief Matching, in TF2/Keras 3."""
+"""zskt_tf: zero-shot knowledge transfer by adversarial belief matching (Keras 3)."""
 
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator

@@ -10,9 +10,17 @@ import numpy as np
 from zskt_tf.errors import UserError
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CIFAR100_CLASSES = tuple(
     """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy
     bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock
@@ -26,9 +34,17 @@ CIFAR100_CLASSES = tuple(
     worm""".split()
 )
 FASHION_MNIST_CLASSES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
-)  # fmt: skip
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
 DIGITS = tuple(str(digit) for digit in range(10))
 
 
@@ -76,26 +92,52 @@ class DatasetInfo:
 # values obtained the same way.
 REGISTRY = {
     "cifar10": DatasetInfo(
-        "cifar10", CIFAR10_CLASSES, (32, 32, 3),
-        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), True, "cifar10",
+        "cifar10",
+        CIFAR10_CLASSES,
+        (32, 32, 3),
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+        True,
+        "cifar10",
     ),
     "cifar100": DatasetInfo(
-        "cifar100", CIFAR100_CLASSES, (32, 32, 3),
-        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True, "cifar100",
+        "cifar100",
+        CIFAR100_CLASSES,
+        (32, 32, 3),
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        True,
+        "cifar100",
     ),
     # The authors train SVHN teachers without augmentation (reference section 4).
     "svhn": DatasetInfo(
-        "svhn", DIGITS, (32, 32, 3),
-        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False, "svhn_cropped",
+        "svhn",
+        DIGITS,
+        (32, 32, 3),
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        False,
+        "svhn_cropped",
     ),
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", FASHION_MNIST_CLASSES, (32, 32, 1),
-        (0.2860,), (0.3530,), False, "fashion_mnist",
+        "fashion_mnist",
+        FASHION_MNIST_CLASSES,
+        (32, 32, 1),
+        (0.2860,),
+        (0.3530,),
+        False,
+        "fashion_mnist",
     ),
     "mnist": DatasetInfo(
-        "mnist", DIGITS, (32, 32, 1), (0.1307,), (0.3081,), False, "mnist",
+        "mnist",
+        DIGITS,
+        (32, 32, 1),
+        (0.1307,),
+        (0.3081,),
+        False,
+        "mnist",
     ),
-}  # fmt: skip
+}
 
 FOLDER = "folder"  # a user's own image-folder tree; needs data_dir
 

@@ -12,7 +12,8 @@ DATASET = "embedded:cifar10-test-2k"
 PRESET = dict(batch_size=64, total_iterations=240, eval_every=20)
 
 PAPER_COMMAND = (
-    "zskt-tf-teacher --dataset=cifar10 --depth=40 --width=2 --output_dir=runs/wrn-40-2\n"
+    "zskt-tf-teacher --dataset=cifar10 --depth=40 --width=2 "
+    "--output_dir=runs/wrn-40-2\n"
     "zskt-tf-distill --teacher=runs/wrn-40-2 --student_depth=16 --student_width=1 "
     "--n_s=10 --n_g=1 --seeds=0,1,2 --output_dir=runs/zskt-40-2-to-16-1"
 )

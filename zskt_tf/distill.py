@@ -12,8 +12,15 @@ import tensorflow as tf
 from absl import logging
 
 from zskt_tf import (
-    checkpoints, datasets, evaluation, losses, model_io, plots, runs, schedules,
-)  # fmt: skip
+    checkpoints,
+    datasets,
+    evaluation,
+    losses,
+    model_io,
+    plots,
+    runs,
+    schedules,
+)
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
 from zskt_tf.progress import Progress
@@ -23,15 +30,27 @@ from zskt_tf.wide_resnet import check_architecture, wide_resnet
 TAPS = ("block1", "block2", "block3")
 # Keys that may differ between a run and its resumption without changing the result.
 RUN_CONTROL_KEYS = (
-    "output_dir", "data_dir", "cache_dir", "stop_at", "eval_every",
-    "checkpoint_every", "log_every", "seeds", "seed", "teacher",
-)  # fmt: skip
+    "output_dir",
+    "data_dir",
+    "cache_dir",
+    "stop_at",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "seeds",
+    "seed",
+    "teacher",
+)
 # PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
 ADAM_EPSILON = 1e-8
 METRICS = (
-    "train/generator_loss", "train/student_loss", "train/kl", "train/attention",
-    "train/teacher_max_prob", "train/student_max_prob",
-)  # fmt: skip
+    "train/generator_loss",
+    "train/student_loss",
+    "train/kl",
+    "train/attention",
+    "train/teacher_max_prob",
+    "train/student_max_prob",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +91,17 @@ class DistillConfig:
 
     def validate(self) -> None:
         check_architecture(self.student_depth, self.student_width)
-        for name in ("generator_steps", "student_steps", "batch_size", "z_dim",
-                     "total_iterations", "student_lr", "generator_lr", "temperature",
-                     "grad_clip"):  # fmt: skip
+        for name in (
+            "generator_steps",
+            "student_steps",
+            "batch_size",
+            "z_dim",
+            "total_iterations",
+            "student_lr",
+            "generator_lr",
+            "temperature",
+            "grad_clip",
+        ):
             positive(name, getattr(self, name))
         if self.beta < 0:
             raise UserError(f"beta must be >= 0, got {self.beta}")
@@ -87,7 +114,7 @@ class DistillConfig:
 
 
 def check_attention_compatible(teacher: keras.Model, student: keras.Model) -> None:
-    """Attention transfer needs the same taps with the same spatial sizes (section 2)."""
+    """Attention transfer needs the same taps with equal spatial sizes (section 2)."""
     teacher_taps = {k: v.shape[1:3] for k, v in teacher.output.items() if k in TAPS}
     student_taps = {k: v.shape[1:3] for k, v in student.output.items() if k in TAPS}
     if teacher_taps.keys() != student_taps.keys() or any(
@@ -147,8 +174,9 @@ def make_iteration_fn(
             )
             attention = (
                 losses.total_attention_loss(taps(student_out), teacher_taps)
-                if beta else tf.constant(0.0)
-            )  # fmt: skip
+                if beta
+                else tf.constant(0.0)
+            )
             loss = kl + beta * attention
             scaled = student_optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, student_vars)
@@ -260,16 +288,19 @@ def distill_one_seed(
 
     runs.prepare_output_dir(
         output_dir,
-        dataclasses.asdict(config) | {"kind": "zero_shot_student", "dataset": dataset,
-                                      "teacher_architecture": [record["depth"],
-                                                               record["width"]],
-                                      "dataset_info": info.to_json(),
-                                      "num_classes": info.num_classes,
-                                      "input_shape": list(info.image_shape),
-                                      "depth": config.student_depth,
-                                      "width": config.student_width},
+        dataclasses.asdict(config)
+        | {
+            "kind": "zero_shot_student",
+            "dataset": dataset,
+            "teacher_architecture": [record["depth"], record["width"]],
+            "dataset_info": info.to_json(),
+            "num_classes": info.num_classes,
+            "input_shape": list(info.image_shape),
+            "depth": config.student_depth,
+            "width": config.student_width,
+        },
         ignore=RUN_CONTROL_KEYS,
-    )  # fmt: skip
+    )
     iteration = tf.Variable(0, dtype=tf.int64, name="iteration")
     elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed_seconds")
     noise = tf.random.Generator.from_seed(config.seed)
@@ -278,29 +309,42 @@ def distill_one_seed(
     metrics = {tag: keras.metrics.Mean(name=tag) for tag in METRICS}
     window = {tag: keras.metrics.Mean(name=tag) for tag in METRICS}
     checkpoint, manager = checkpoints.checkpoint_manager(
-        output_dir, student=student, generator=generator,
-        student_optimizer=student_optimizer, generator_optimizer=generator_optimizer,
-        iteration=iteration, elapsed=elapsed, noise=noise,
+        output_dir,
+        student=student,
+        generator=generator,
+        student_optimizer=student_optimizer,
+        generator_optimizer=generator_optimizer,
+        iteration=iteration,
+        elapsed=elapsed,
+        noise=noise,
         # Keras 3 metrics are not trackable themselves; their variables are.
         log_metrics=[v for m in metrics.values() for v in m.variables],
         eval_metrics=[v for m in window.values() for v in m.variables],
-    )  # fmt: skip
+    )
     checkpoints.restore_latest(checkpoint, manager)
 
     predict = evaluation.make_predict_fn(student)
 
     def test_accuracy(model=student, fn=predict):
-        return evaluation.accuracy(model, data.test_images, data.test_labels, info,
-                                   predict_fn=fn)  # fmt: skip
+        return evaluation.accuracy(
+            model, data.test_images, data.test_labels, info, predict_fn=fn
+        )
 
     teacher_accuracy = test_accuracy(teacher, evaluation.make_predict_fn(teacher))
-    logging.info("teacher WRN-%d-%d: test accuracy %.4f here, %s recorded",
-                 record["depth"], record["width"], teacher_accuracy,
-                 record.get("recorded_accuracy"))  # fmt: skip
+    logging.info(
+        "teacher WRN-%d-%d: test accuracy %.4f here, %s recorded",
+        record["depth"],
+        record["width"],
+        teacher_accuracy,
+        record.get("recorded_accuracy"),
+    )
 
     history_path = output_dir / "history.json"
-    history = [h for h in (runs.read_json(history_path) if history_path.exists() else [])
-               if h["iteration"] <= int(iteration)]  # fmt: skip
+    history = [
+        h
+        for h in (runs.read_json(history_path) if history_path.exists() else [])
+        if h["iteration"] <= int(iteration)
+    ]
     if not history:
         history.append({"iteration": 0, "test_accuracy": test_accuracy()})
         logging.info(
@@ -308,8 +352,9 @@ def distill_one_seed(
         )
         runs.write_json(history_path, history)  # a resumed run must not re-measure it
 
-    iteration_fn = make_iteration_fn(teacher, student, generator, student_optimizer,
-                                     generator_optimizer, config)  # fmt: skip
+    iteration_fn = make_iteration_fn(
+        teacher, student, generator, student_optimizer, generator_optimizer, config
+    )
     eval_every = config.resolved_eval_every()
     checkpoint_every = config.checkpoint_every or eval_every
     writer = tf.summary.create_file_writer(str(output_dir / "logs"))
@@ -363,7 +408,9 @@ def distill_one_seed(
                     schedules.cosine(config.generator_lr, step - 1, total),
                     step=step,
                 )
-            progress.update(step, "gen loss %.4f student loss %.4f" % tuple(losses_now))
+            progress.update(
+                step, f"gen loss {losses_now[0]:.4f} student loss {losses_now[1]:.4f}"
+            )
             if step % eval_every == 0 or step == total:
                 entry = {"iteration": step, "test_accuracy": test_accuracy()}
                 for tag, metric in window.items():
@@ -371,14 +418,18 @@ def distill_one_seed(
                     metric.reset_state()
                 history.append(entry)
                 tf.summary.scalar("test/accuracy", entry["test_accuracy"], step=step)
-                tf.summary.image("pseudo_images", pseudo_samples()[:16], step=step,
-                                 max_outputs=16)  # fmt: skip
+                tf.summary.image(
+                    "pseudo_images", pseudo_samples()[:16], step=step, max_outputs=16
+                )
                 logging.info(
                     "iteration %d: test accuracy %.4f | generator loss %.4f | max prob "
-                    "teacher %.3f student %.3f", step, entry["test_accuracy"],
-                    entry["generator_loss"], entry["teacher_max_prob"],
+                    "teacher %.3f student %.3f",
+                    step,
+                    entry["test_accuracy"],
+                    entry["generator_loss"],
+                    entry["teacher_max_prob"],
                     entry["student_max_prob"],
-                )  # fmt: skip
+                )
                 runs.write_json(history_path, history)
             stop = config.stop_at is not None and step >= config.stop_at
             if step % checkpoint_every == 0 or guard.requested or stop:
@@ -390,10 +441,13 @@ def distill_one_seed(
     student.save_weights(output_dir / model_io.STUDENT_WEIGHTS)
     generator.save_weights(output_dir / model_io.GENERATOR_WEIGHTS)
     plots.save_image_grid(pseudo_samples(), output_dir / "samples.png")
-    plots.save_curves(history, output_dir / "accuracy.png",
-                      f"zero-shot WRN-{config.student_depth}-{config.student_width} "
-                      f"from WRN-{record['depth']}-{record['width']}",
-                      teacher_accuracy)  # fmt: skip
+    plots.save_curves(
+        history,
+        output_dir / "accuracy.png",
+        f"zero-shot WRN-{config.student_depth}-{config.student_width} "
+        f"from WRN-{record['depth']}-{record['width']}",
+        teacher_accuracy,
+    )
     session_seconds = time.perf_counter() - session_start
     session_iterations = int(iteration) - session_start_iteration
     results = {

@@ -46,8 +46,10 @@ def teacher_path(name: str) -> pathlib.Path:
     """The package directory of an embedded teacher (a zskt-tf-teacher run dir)."""
     path = assets_dir() / _lookup(name, TEACHERS, "teacher")
     if not (path / "teacher.weights.h5").is_file():
-        raise UserError(f"embedded teacher {name} is missing from this installation "
-                        f"({path}); reinstall zskt_tf")  # fmt: skip
+        raise UserError(
+            f"embedded teacher {name} is missing from this installation "
+            f"({path}); reinstall zskt_tf"
+        )
     return path
 
 
@@ -58,8 +60,10 @@ def load_dataset(name: str):
     filename, base = dataset_entry(name)
     path = assets_dir() / filename
     if not path.is_file():
-        raise UserError(f"embedded dataset {name} is missing from this installation "
-                        f"({path}); reinstall zskt_tf")  # fmt: skip
+        raise UserError(
+            f"embedded dataset {name} is missing from this installation "
+            f"({path}); reinstall zskt_tf"
+        )
     with np.load(path) as arrays:
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     info = datasets.get_info(base)

@@ -72,8 +72,9 @@ def export_tflite(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATIONS)}")
     probabilities = probabilities_fn(model, info)
     spec = tf.TensorSpec([1, *info.image_shape], input_dtype, name="pixels")
-    function = tf.function(lambda pixels: {"probabilities": probabilities(pixels)},
-                           input_signature=[spec]).get_concrete_function()  # fmt: skip
+    function = tf.function(
+        lambda pixels: {"probabilities": probabilities(pixels)}, input_signature=[spec]
+    ).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -120,15 +121,22 @@ def export(
         target = export_tflite(
             model, info, output_dir / f"model{suffix}.tflite", quantize
         )
-    runs.write_json(output_dir / "metadata.json", {
-        "class_names": list(info.class_names),
-        "input": f"pixels in [0, 255], shape (batch, {', '.join(map(str, info.image_shape))})"
-                 + (", uint8 or float32 signatures" if fmt == "saved_model"
-                    else ", uint8, batch 1"),
-        "output": "probabilities over class_names",
-        "normalisation": {"mean": list(info.mean), "std": list(info.std)},
-        "architecture": f"WRN-{config['depth']}-{config['width']}",
-        "source_run": str(pathlib.Path(model_dir).resolve()),
-        "dataset": info.name,
-    })  # fmt: skip
+    shape = info.image_shape
+    runs.write_json(
+        output_dir / "metadata.json",
+        {
+            "class_names": list(info.class_names),
+            "input": f"pixels in [0, 255], shape (batch, {', '.join(map(str, shape))})"
+            + (
+                ", uint8 or float32 signatures"
+                if fmt == "saved_model"
+                else ", uint8, batch 1"
+            ),
+            "output": "probabilities over class_names",
+            "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+            "architecture": f"WRN-{config['depth']}-{config['width']}",
+            "source_run": str(pathlib.Path(model_dir).resolve()),
+            "dataset": info.name,
+        },
+    )
     return target

@@ -13,8 +13,16 @@ from zskt_tf.errors import UserError
 from zskt_tf.training import mixed_precision_scope, positive
 from zskt_tf.wide_resnet import check_architecture, wide_resnet
 
-RUN_CONTROL_KEYS = ("output_dir", "data_dir", "cache_dir", "stop_at", "log_every",
-                    "eval_every", "teacher", "init_student")  # fmt: skip
+RUN_CONTROL_KEYS = (
+    "output_dir",
+    "data_dir",
+    "cache_dir",
+    "stop_at",
+    "log_every",
+    "eval_every",
+    "teacher",
+    "init_student",
+)
 TAPS = ("block1", "block2", "block3")
 
 
@@ -56,9 +64,14 @@ class FewShotConfig:
 
     def recipe(self) -> supervised.SGDRecipe:
         return supervised.SGDRecipe(
-            self.batch_size, self.lr, self.momentum, self.weight_decay,
-            self.lr_schedule, self.lr_decay, tuple(self.lr_milestones),
-        )  # fmt: skip
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.lr_schedule,
+            self.lr_decay,
+            tuple(self.lr_milestones),
+        )
 
     def validate(self) -> None:
         check_architecture(self.student_depth, self.student_width)
@@ -76,10 +89,15 @@ def kd_at_loss_fn(teacher, alpha: float, temperature: float, beta: float):
     def loss_fn(images, labels, outputs):
         teacher_out = teacher(images, training=False)
         return losses.kd_at_loss(
-            labels, outputs["logits"], tf.stop_gradient(teacher_out["logits"]),
-            [outputs[k] for k in TAPS], [tf.stop_gradient(teacher_out[k]) for k in TAPS],
-            alpha=alpha, temperature=temperature, beta=beta,
-        )  # fmt: skip
+            labels,
+            outputs["logits"],
+            tf.stop_gradient(teacher_out["logits"]),
+            [outputs[k] for k in TAPS],
+            [tf.stop_gradient(teacher_out[k]) for k in TAPS],
+            alpha=alpha,
+            temperature=temperature,
+            beta=beta,
+        )
 
     return loss_fn
 
@@ -116,8 +134,10 @@ def train_fewshot(
     if teacher is not None:
         teacher_classes = teacher.output["logits"].shape[-1]
         if teacher_classes != info.num_classes:
-            raise UserError(f"the teacher predicts {teacher_classes} classes but "
-                            f"{config.dataset} has {info.num_classes}")  # fmt: skip
+            raise UserError(
+                f"the teacher predicts {teacher_classes} classes but "
+                f"{config.dataset} has {info.num_classes}"
+            )
         if config.beta:
             from zskt_tf.distill import check_attention_compatible
 
@@ -133,30 +153,47 @@ def train_fewshot(
             raise UserError(
                 f"--init_student is WRN-{init_config.get('depth')}-"
                 f"{init_config.get('width')} but the student is WRN-"
-                f"{config.student_depth}-{config.student_width}")  # fmt: skip
+                f"{config.student_depth}-{config.student_width}"
+            )
         model_io.load_weights_checked(student, weights, "initial student")
 
     steps_per_full_epoch = -(-len(data.train_images) // config.batch_size)
     total_steps = config.reference_epochs * steps_per_full_epoch
     record = dataclasses.asdict(config) | {
-        "kind": "fewshot_student", "depth": config.student_depth,
-        "width": config.student_width, "num_classes": info.num_classes,
-        "input_shape": list(info.image_shape), "dataset_info": info.to_json(),
-        "subset_size": len(images), "total_steps": total_steps,
+        "kind": "fewshot_student",
+        "depth": config.student_depth,
+        "width": config.student_width,
+        "num_classes": info.num_classes,
+        "input_shape": list(info.image_shape),
+        "dataset_info": info.to_json(),
+        "subset_size": len(images),
+        "total_steps": total_steps,
         "method": "kd_at" if teacher is not None else "no_teacher",
-    }  # fmt: skip
+    }
     runs.prepare_output_dir(config.output_dir, record, ignore=RUN_CONTROL_KEYS)
-    loss_fn = (kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
-               if teacher is not None else supervised.cross_entropy)  # fmt: skip
+    loss_fn = (
+        kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
+        if teacher is not None
+        else supervised.cross_entropy
+    )
     results = supervised.train_supervised(
-        model=student, train_images=images, train_labels=labels, data=data,
-        recipe=config.recipe(), output_dir=config.output_dir, seed=config.seed,
+        model=student,
+        train_images=images,
+        train_labels=labels,
+        data=data,
+        recipe=config.recipe(),
+        output_dir=config.output_dir,
+        seed=config.seed,
         total_steps=total_steps,
         eval_every=config.eval_every or max(1, total_steps // 100),
-        weights_name=model_io.STUDENT_WEIGHTS, loss_fn=loss_fn,
-        mixed_precision=config.mixed_precision, jit=config.jit,
-        stop_at=config.stop_at, log_every=config.log_every, label="few-shot step",
-    )  # fmt: skip
+        weights_name=model_io.STUDENT_WEIGHTS,
+        loss_fn=loss_fn,
+        mixed_precision=config.mixed_precision,
+        jit=config.jit,
+        stop_at=config.stop_at,
+        log_every=config.log_every,
+        label="few-shot step",
+    )
     results |= {
         "m_per_class": config.m_per_class,
         "subset_size": len(images),

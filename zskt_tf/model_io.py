@@ -22,9 +22,12 @@ def _shapes(path) -> dict[str, tuple]:
     shapes = {}
     with h5py.File(path, "r") as file:
         file.visititems(
-            lambda name, item: shapes.__setitem__(name, tuple(item.shape))
-            if isinstance(item, h5py.Dataset) else None
-        )  # fmt: skip
+            lambda name, item: (
+                shapes.__setitem__(name, tuple(item.shape))
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
     return shapes
 
 
@@ -144,8 +147,11 @@ def _build_and_load(config: dict, weights, what: str) -> keras.Model:
     """The WRN described by a run's config.json, with its weights loaded."""
     info = DatasetInfo.from_json(config["dataset_info"])
     model = wide_resnet(
-        config["depth"], config["width"], info.num_classes, info.image_shape,
+        config["depth"],
+        config["width"],
+        info.num_classes,
+        info.image_shape,
         name=f"{what}-wrn-{config['depth']}-{config['width']}",
-    )  # fmt: skip
+    )
     load_weights_checked(model, weights, what)
     return model

@@ -61,22 +61,38 @@ def save_curves(
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     steps = [h["iteration"] for h in history]
     accuracy_axis = axes[0][0]
-    accuracy_axis.plot(steps, [100 * h["test_accuracy"] for h in history], "o-",
-                       label="student", markersize=3)  # fmt: skip
+    accuracy_axis.plot(
+        steps,
+        [100 * h["test_accuracy"] for h in history],
+        "o-",
+        label="student",
+        markersize=3,
+    )
     if teacher_accuracy is not None:
-        accuracy_axis.axhline(100 * teacher_accuracy, color="gray", linestyle="--",
-                              label=f"teacher {100 * teacher_accuracy:.1f}%")  # fmt: skip
+        accuracy_axis.axhline(
+            100 * teacher_accuracy,
+            color="gray",
+            linestyle="--",
+            label=f"teacher {100 * teacher_accuracy:.1f}%",
+        )
     accuracy_axis.set(xlabel="iteration", ylabel="test accuracy (%)", title=title)
     accuracy_axis.grid(alpha=0.3)
     accuracy_axis.legend()
     if panels == 2:
         loss_axis = axes[0][1]
         logged = [h for h in history if "generator_loss" in h]
-        loss_axis.plot([h["iteration"] for h in logged],
-                       [h["generator_loss"] for h in logged], "o-", markersize=3)  # fmt: skip
+        loss_axis.plot(
+            [h["iteration"] for h in logged],
+            [h["generator_loss"] for h in logged],
+            "o-",
+            markersize=3,
+        )
         loss_axis.axhline(0.0, color="gray", linewidth=0.8)
-        loss_axis.set(xlabel="iteration", ylabel="generator loss (-KL)",
-                      title="adversarial game (near 0 = collapsed)")  # fmt: skip
+        loss_axis.set(
+            xlabel="iteration",
+            ylabel="generator loss (-KL)",
+            title="adversarial game (near 0 = collapsed)",
+        )
         loss_axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

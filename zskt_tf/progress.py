@@ -42,6 +42,10 @@ class Progress:
         eta_text = format_seconds(eta) if eta != float("inf") else "?"
         logging.info(
             "%s %d/%d (%.1f%%) ETA %s %s",
-            self.label, done, self.total, 100.0 * done / max(self.total, 1),
-            eta_text, extra,
-        )  # fmt: skip
+            self.label,
+            done,
+            self.total,
+            100.0 * done / max(self.total, 1),
+            eta_text,
+            extra,
+        )

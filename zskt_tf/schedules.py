@@ -19,7 +19,7 @@ def step_decay(
     boundaries are placed at the same fractions of the total number of steps, which
     is identical for 200 epochs and keeps short runs sane (at 1 epoch, whole-epoch
     milestones would all round to 0; section 4).
-    """  # fmt: skip
+    """
     passed = sum(step >= round(fraction * total_steps) for fraction in milestones)
     return base_lr * decay**passed
 

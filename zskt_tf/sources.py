@@ -366,9 +366,11 @@ def load_local(data_dir, cache_dir=None, expected=None) -> Arrays:
             arrays = reader(path, expected)
         else:
             arrays = {
-                "cifar": _read_cifar, "cifar_tar": _read_cifar_tar,
-                "idx": lambda p: _read_idx(p, expected), "svhn_mat": _read_svhn_mat,
-            }[layout](path)  # fmt: skip
+                "cifar": _read_cifar,
+                "cifar_tar": _read_cifar_tar,
+                "idx": lambda p: _read_idx(p, expected),
+                "svhn_mat": _read_svhn_mat,
+            }[layout](path)
         cache.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(partial, **arrays._asdict())

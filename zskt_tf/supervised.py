@@ -49,8 +49,11 @@ class SGDRecipe:
 def cross_entropy(images, labels, outputs):
     """Plain cross entropy on the logits (teacher training, "no teacher" baseline)."""
     del images
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=tf.cast(outputs["logits"], tf.float32)))  # fmt: skip
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=tf.cast(outputs["logits"], tf.float32)
+        )
+    )
 
 
 def make_train_step(
@@ -72,8 +75,10 @@ def make_train_step(
         grads = tape.gradient(scaled, variables)
         # PyTorch SGD weight decay: L2 added to the gradient, on every parameter,
         # as in the authors' optimiser (section 4).
-        grads = [g + weight_decay * tf.cast(v, g.dtype)
-                 for g, v in zip(grads, variables, strict=True)]  # fmt: skip
+        grads = [
+            g + weight_decay * tf.cast(v, g.dtype)
+            for g, v in zip(grads, variables, strict=True)
+        ]
         optimizer.apply(grads, variables)
         predictions = tf.argmax(outputs["logits"], -1)
         return loss, tf.reduce_sum(tf.cast(predictions == labels, tf.int32))
@@ -130,8 +135,11 @@ def train_supervised(
     checkpoints.restore_latest(checkpoint, manager)
     steps_per_epoch = -(-len(train_images) // recipe.batch_size)
     history_path = output_dir / "history.json"
-    history = [h for h in (runs.read_json(history_path) if history_path.exists() else [])
-               if h["step"] <= int(step)]  # fmt: skip
+    history = [
+        h
+        for h in (runs.read_json(history_path) if history_path.exists() else [])
+        if h["step"] <= int(step)
+    ]
 
     train_step = make_train_step(model, optimizer, recipe.weight_decay, jit, loss_fn)
     predict = evaluation.make_predict_fn(model, jit)
@@ -149,16 +157,23 @@ def train_supervised(
         while int(step) < total_steps:
             epoch, start_batch = divmod(int(step), steps_per_epoch)
             batches = pipelines.train_dataset(
-                train_images, train_labels, data.info, recipe.batch_size, seed, epoch,
+                train_images,
+                train_labels,
+                data.info,
+                recipe.batch_size,
+                seed,
+                epoch,
                 start_batch,
-            )  # fmt: skip
+            )
             batch_start = time.perf_counter()
             for images, labels in batches:
                 lr = recipe.learning_rate(int(step), total_steps)
                 loss, correct = train_step(images, labels, tf.constant(lr, tf.float32))
                 if not np.isfinite(float(loss)):
-                    raise UserError(f"non-finite loss at step {int(step) + 1}; the last "
-                                    "good checkpoint is kept. Lower --lr?")  # fmt: skip
+                    raise UserError(
+                        f"non-finite loss at step {int(step) + 1}; the last "
+                        "good checkpoint is kept. Lower --lr?"
+                    )
                 step.assign_add(1)
                 batch = int(images.shape[0])
                 loss_sum += float(loss) * batch
@@ -177,21 +192,32 @@ def train_supervised(
                 stop = stop_at is not None and now >= stop_at
                 if now % eval_every == 0 or now == total_steps:
                     train_seconds += time.perf_counter() - batch_start
-                    accuracy = evaluation.accuracy(model, data.test_images,
-                                                   data.test_labels, data.info,
-                                                   predict_fn=predict)  # fmt: skip
-                    entry = {"step": now, "epoch": round(now / steps_per_epoch, 3),
-                             "test_accuracy": accuracy,
-                             "train_loss": loss_sum / seen,
-                             "train_accuracy": correct_sum / seen}  # fmt: skip
+                    accuracy = evaluation.accuracy(
+                        model,
+                        data.test_images,
+                        data.test_labels,
+                        data.info,
+                        predict_fn=predict,
+                    )
+                    entry = {
+                        "step": now,
+                        "epoch": round(now / steps_per_epoch, 3),
+                        "test_accuracy": accuracy,
+                        "train_loss": loss_sum / seen,
+                        "train_accuracy": correct_sum / seen,
+                    }
                     history.append(entry)
                     tf.summary.scalar(
                         "train/accuracy", entry["train_accuracy"], step=now
                     )
                     tf.summary.scalar("test/accuracy", accuracy, step=now)
-                    logging.info("step %d (epoch %.2f): train loss %.4f, test accuracy "
-                                 "%.4f", now, entry["epoch"], entry["train_loss"],
-                                 accuracy)  # fmt: skip
+                    logging.info(
+                        "step %d (epoch %.2f): train loss %.4f, test accuracy %.4f",
+                        now,
+                        entry["epoch"],
+                        entry["train_loss"],
+                        accuracy,
+                    )
                     runs.write_json(history_path, history)
                     loss_sum = correct_sum = seen = 0.0
                     save()

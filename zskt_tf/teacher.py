@@ -51,9 +51,14 @@ class TeacherConfig:
 
     def recipe(self) -> supervised.SGDRecipe:
         return supervised.SGDRecipe(
-            self.batch_size, self.lr, self.momentum, self.weight_decay,
-            self.lr_schedule, self.lr_decay, tuple(self.lr_milestones),
-        )  # fmt: skip
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.lr_schedule,
+            self.lr_decay,
+            tuple(self.lr_milestones),
+        )
 
     def validate(self) -> None:
         check_architecture(self.depth, self.width)
@@ -100,14 +105,24 @@ def train_teacher(
     runs.prepare_output_dir(config.output_dir, record, ignore=RUN_CONTROL_KEYS)
     keras.utils.set_random_seed(config.seed)
     with mixed_precision_scope(config.mixed_precision):
-        model = wide_resnet(config.depth, config.width, data.info.num_classes,
-                            data.info.image_shape)  # fmt: skip
+        model = wide_resnet(
+            config.depth, config.width, data.info.num_classes, data.info.image_shape
+        )
     steps_per_epoch = -(-len(data.train_images) // config.batch_size)
     return supervised.train_supervised(
-        model=model, train_images=data.train_images, train_labels=data.train_labels,
-        data=data, recipe=config.recipe(), output_dir=config.output_dir,
-        seed=config.seed, total_steps=epochs * steps_per_epoch,
-        eval_every=steps_per_epoch, weights_name=model_io.TEACHER_WEIGHTS,
-        mixed_precision=config.mixed_precision, jit=config.jit,
-        stop_at=config.stop_at, log_every=config.log_every, label="teacher step",
-    )  # fmt: skip
+        model=model,
+        train_images=data.train_images,
+        train_labels=data.train_labels,
+        data=data,
+        recipe=config.recipe(),
+        output_dir=config.output_dir,
+        seed=config.seed,
+        total_steps=epochs * steps_per_epoch,
+        eval_every=steps_per_epoch,
+        weights_name=model_io.TEACHER_WEIGHTS,
+        mixed_precision=config.mixed_precision,
+        jit=config.jit,
+        stop_at=config.stop_at,
+        log_every=config.log_every,
+        label="teacher step",
+    )

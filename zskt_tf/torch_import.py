@@ -16,8 +16,12 @@ from zskt_tf import datasets, model_io, runs
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import check_architecture, wide_resnet
 
-BN_FIELDS = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-             ("running_var", "moving_variance"))  # fmt: skip
+BN_FIELDS = (
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance"),
+)
 
 
 def _import_torch():
@@ -92,8 +96,14 @@ def read_state_dict(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as error:  # torch raises several types for foreign pickles
-        hint = "" if trust else (" If you trust this file, rerun with "
-                                 "--trust_checkpoint to allow full unpickling.")  # fmt: skip
+        hint = (
+            ""
+            if trust
+            else (
+                " If you trust this file, rerun with "
+                "--trust_checkpoint to allow full unpickling."
+            )
+        )
         raise UserError(
             f"cannot read {path}: {str(error).splitlines()[0]}.{hint}"
         ) from None
@@ -133,8 +143,10 @@ def convert(
     expected = _expected_tensors(model, key_map(depth, width))
     for key, (_, _, shape) in expected.items():
         if key not in state:
-            raise UserError(f"checkpoint does not fit WRN-{depth}-{width}: missing key "
-                            f"{key} (expected shape {shape})")  # fmt: skip
+            raise UserError(
+                f"checkpoint does not fit WRN-{depth}-{width}: missing key "
+                f"{key} (expected shape {shape})"
+            )
         if tuple(state[key].shape) != shape:
             raise UserError(
                 f"checkpoint does not fit WRN-{depth}-{width}: {key} expected shape "
@@ -142,8 +154,10 @@ def convert(
             )
     unexpected = [key for key in state if key not in expected]
     if unexpected:
-        raise UserError(f"checkpoint does not fit WRN-{depth}-{width}: unexpected key "
-                        f"{unexpected[0]} (a deeper or different network?)")  # fmt: skip
+        raise UserError(
+            f"checkpoint does not fit WRN-{depth}-{width}: unexpected key "
+            f"{unexpected[0]} (a deeper or different network?)"
+        )
     values: dict[str, list] = {}
     for key, (layer_name, index, _) in expected.items():
         array = state[key].astype(np.float32)
@@ -176,11 +190,17 @@ def import_checkpoint(
     from zskt_tf.teacher import TeacherConfig
 
     info = datasets.get_info(dataset)
-    model = convert(read_state_dict(checkpoint, trust), depth, width,
-                    info.num_classes, info.image_shape)  # fmt: skip
+    model = convert(
+        read_state_dict(checkpoint, trust),
+        depth,
+        width,
+        info.num_classes,
+        info.image_shape,
+    )
     output_dir = pathlib.Path(output_dir)
-    config = TeacherConfig(output_dir=str(output_dir), dataset=dataset, depth=depth,
-                           width=width)  # fmt: skip
+    config = TeacherConfig(
+        output_dir=str(output_dir), dataset=dataset, depth=depth, width=width
+    )
     record = dataclasses.asdict(config) | {
         "kind": "teacher",
         "epochs": config.resolved_epochs(),
@@ -192,8 +212,9 @@ def import_checkpoint(
     if (output_dir / runs.CONFIG_FILE).exists() or (
         output_dir.exists() and any(output_dir.iterdir())
     ):
-        raise UserError(f"{output_dir} already exists and is not empty; choose a new "
-                        "--output_dir")  # fmt: skip
+        raise UserError(
+            f"{output_dir} already exists and is not empty; choose a new --output_dir"
+        )
     runs.prepare_output_dir(output_dir, record)
     model.save_weights(output_dir / model_io.TEACHER_WEIGHTS)
     return output_dir

@@ -39,8 +39,10 @@ def agreeing_images(net_a, net_b, images, labels, info, n_images: int, seed: int
             f"only {found} of {len(images)} test images are classified alike by both "
             f"nets; {n_images} needed. Lower --n_images or check the nets"
         )
-    return (np.concatenate(chosen_images)[:n_images],
-            np.concatenate(chosen_labels)[:n_images])  # fmt: skip
+    return (
+        np.concatenate(chosen_images)[:n_images],
+        np.concatenate(chosen_labels)[:n_images],
+    )
 
 
 def target_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -62,8 +64,11 @@ def make_attack_step(net_a, net_b, step_size: float):
         with tf.GradientTape() as tape:
             tape.watch(x)
             logits_a = tf.cast(net_a(x, training=False)["logits"], tf.float32)
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=targets, logits=logits_a))  # fmt: skip
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=targets, logits=logits_a
+                )
+            )
         gradient = tape.gradient(loss, x)
         logits_b = tf.cast(net_b(x, training=False)["logits"], tf.float32)
         p_a = tf.gather(tf.nn.softmax(logits_a), targets, batch_dims=1)
@@ -102,8 +107,9 @@ def transition_curves(
     classes_a = net_a.output["logits"].shape[-1]
     classes_b = net_b.output["logits"].shape[-1]
     if classes_a != classes_b:
-        raise UserError(f"the nets predict different class counts: {classes_a} vs "
-                        f"{classes_b}")  # fmt: skip
+        raise UserError(
+            f"the nets predict different class counts: {classes_a} vs {classes_b}"
+        )
     x, true_labels = agreeing_images(net_a, net_b, images, labels, info, n_images, seed)
     targets = target_classes(true_labels, classes_a)
     n, per_image = targets.shape
@@ -120,8 +126,13 @@ def transition_curves(
             p_a[start : start + len(a), k] = a.numpy()
             p_b[start : start + len(b), k] = b.numpy()
     p_a, p_b = p_a.reshape(n, per_image, steps), p_b.reshape(n, per_image, steps)
-    return {"p_a": p_a, "p_b": p_b, "labels": true_labels, "targets": targets,
-            "mte": mean_transition_error(p_a, p_b)}  # fmt: skip
+    return {
+        "p_a": p_a,
+        "p_b": p_b,
+        "labels": true_labels,
+        "targets": targets,
+        "mte": mean_transition_error(p_a, p_b),
+    }
 
 
 def mean_transition_error(p_a: np.ndarray, p_b: np.ndarray) -> float:
@@ -150,8 +161,12 @@ def save_plot(
         steps = np.arange(len(mean))
         axis.plot(steps, mean, label=name)
         axis.fill_between(steps, mean - 2 * sem, mean + 2 * sem, alpha=0.25)
-    axis.set(xlabel="adversarial step k", ylabel="p_j (target class)",
-             title=f"transition curves, MTE {curves['mte']:.3f}", ylim=(0, 1))  # fmt: skip
+    axis.set(
+        xlabel="adversarial step k",
+        ylabel="p_j (target class)",
+        title=f"transition curves, MTE {curves['mte']:.3f}",
+        ylim=(0, 1),
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
