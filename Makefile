@@ -20,7 +20,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check zskt_tf bin tests bench scripts && $(BIN)/ruff format --check zskt_tf bin tests bench scripts
+	$(BIN)/ruff check zskt_tf bin/* tests bench scripts && $(BIN)/ruff format --check zskt_tf bin/* tests bench scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["zskt_tf", "zskt_tf.*"]),
     include_package_data=True,
-    package_data={"zskt_tf": ["assets/*"]},
+    package_data={"zskt_tf": ["assets/*.npz", "assets/*/*"]},
     scripts=sorted(f"bin/{path.name}" for path in (ROOT / "bin").glob("zskt-tf-*")),
     install_requires=[
         # Keras 3 arrived with TensorFlow 2.16; the code uses Keras 3 APIs only.

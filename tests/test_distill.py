@@ -272,3 +272,14 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny):
     with pytest.raises(UserError, match="non-finite loss at iteration 1"):
         distill.distill_one_seed(_config(tiny, out, teacher=str(poisoned)), data)
     assert not list((out / "checkpoints").glob("ckpt-*.index"))
+
+
+def test_adam_clips_by_global_norm_five_with_torch_epsilon():
+    variable = tf.Variable(tf.zeros([4]))
+    optimizer = distill._adam(1e-3, 5.0, False)
+    assert optimizer.epsilon == 1e-8 and optimizer.global_clipnorm == 5.0
+    optimizer.build([variable])
+    optimizer.apply([tf.constant([60.0, 80.0, 0.0, 0.0])], [variable])  # norm 100
+    first_moment = optimizer.variables[2]  # after iterations and learning_rate
+    # m = (1 - beta_1) * clipped gradient = 0.1 * (3, 4, 0, 0).
+    np.testing.assert_allclose(first_moment.numpy(), [0.3, 0.4, 0.0, 0.0], rtol=1e-5)
