@@ -127,9 +127,12 @@ def test_mte_of_a_net_against_itself_is_zero_and_attack_raises_p(tmp_path, tiny)
     # Targets are the other classes, (label + 1 + i) mod C.
     np.testing.assert_array_equal(curves["targets"][:, 0], (curves["labels"] + 1) % 3)
     assert (curves["targets"] != curves["labels"][:, None]).all()
-    # Gradient steps towards j raise p_j of the attacked net, curve by curve.
-    assert (curves["p_a"][..., -1] > curves["p_a"][..., 0]).all()
-    assert curves["p_a"][..., -1].mean() > curves["p_a"][..., 0].mean()
+    # Gradient steps towards j raise p_j of the attacked net: no curve falls, and all
+    # but saturated ones (p_j ~ 1e-12, vanishing gradient) rise.
+    first, last = curves["p_a"][..., 0], curves["p_a"][..., -1]
+    assert (last >= first - 1e-6).all()
+    assert np.mean(last[first > 1e-6] > first[first > 1e-6]) == 1.0
+    assert last.mean() > first.mean()
     other = wide_resnet(10, 1, 3, (16, 16, 3))
     mixed = transition.transition_curves(
         net, other, data.test_images, data.test_labels, data.info, n_images=2, steps=3

@@ -26,13 +26,14 @@ RUN_CONTROL_KEYS = (
 TAPS = ("block1", "block2", "block3")
 
 
-@dataclasses.dataclass(frozen=True)
-class FewShotConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FewShotConfig(supervised.SGDRecipe):
     """A student trained on M images per class with the teacher's SGD recipe.
 
     m_per_class=-1 uses all the data. The number of steps equals that of a
     reference_epochs run on the full training split (section 6), so epochs over the
-    subset are scaled up and the lr milestones with them.
+    subset are scaled up and the lr milestones with them. The SGD fields come from
+    supervised.SGDRecipe (the teacher's recipe).
     """
 
     output_dir: str
@@ -45,13 +46,6 @@ class FewShotConfig:
     student_depth: int = 16
     student_width: int = 1
     reference_epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    lr_decay: float = 0.2
-    lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
     alpha: float = 0.9
     temperature: float = 4.0
     beta: float = 1000.0
@@ -62,21 +56,10 @@ class FewShotConfig:
     stop_at: int | None = None
     log_every: int = 50
 
-    def recipe(self) -> supervised.SGDRecipe:
-        return supervised.SGDRecipe(
-            self.batch_size,
-            self.lr,
-            self.momentum,
-            self.weight_decay,
-            self.lr_schedule,
-            self.lr_decay,
-            tuple(self.lr_milestones),
-        )
-
     def validate(self) -> None:
         check_architecture(self.student_depth, self.student_width)
         positive("reference_epochs", self.reference_epochs)
-        self.recipe().validate()
+        super().validate()
         if self.m_per_class != -1:
             positive("m_per_class", self.m_per_class)
         if not 0.0 <= self.alpha <= 1.0:
@@ -181,7 +164,7 @@ def train_fewshot(
         train_images=images,
         train_labels=labels,
         data=data,
-        recipe=config.recipe(),
+        recipe=config,
         output_dir=config.output_dir,
         seed=config.seed,
         total_steps=total_steps,

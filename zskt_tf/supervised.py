@@ -19,7 +19,7 @@ from zskt_tf.schedules import cosine, step_decay
 from zskt_tf.training import positive
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SGDRecipe:
     """SGD momentum 0.9, weight decay 5e-4 (PyTorch L2), lr 0.1, batch 128, lr x0.2
     at 30/60/80% of the run (section 4); "cosine" is an option for short runs."""

@@ -15,13 +15,13 @@ from zskt_tf.wide_resnet import check_architecture, wide_resnet
 RUN_CONTROL_KEYS = ("output_dir", "data_dir", "cache_dir", "stop_at", "log_every")
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherConfig(supervised.SGDRecipe):
     """Everything that defines a teacher run. Defaults are the authors' (section 4).
 
-    epochs=None means 200 for CIFAR and 100 for SVHN (and other sets).
-    lr_schedule is "step" (the paper's x decay at milestones) or "cosine" (per
-    iteration, for short runs).
+    epochs=None means 200 for CIFAR and 100 for SVHN (and other sets). The SGD
+    fields (batch_size, lr, momentum, weight_decay, lr_schedule, lr_decay,
+    lr_milestones) come from supervised.SGDRecipe.
     """
 
     output_dir: str
@@ -31,13 +31,6 @@ class TeacherConfig:
     depth: int = 40
     width: int = 2
     epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    lr_decay: float = 0.2
-    lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
     seed: int = 0
     mixed_precision: bool = False
     jit: bool = False
@@ -49,21 +42,10 @@ class TeacherConfig:
             return self.epochs
         return 200 if self.dataset.startswith("cifar") else 100
 
-    def recipe(self) -> supervised.SGDRecipe:
-        return supervised.SGDRecipe(
-            self.batch_size,
-            self.lr,
-            self.momentum,
-            self.weight_decay,
-            self.lr_schedule,
-            self.lr_decay,
-            tuple(self.lr_milestones),
-        )
-
     def validate(self) -> None:
         check_architecture(self.depth, self.width)
         positive("epochs", self.resolved_epochs())
-        self.recipe().validate()
+        super().validate()
         if self.dataset != datasets.FOLDER:
             datasets.get_info(self.dataset)
 
@@ -114,7 +96,7 @@ def train_teacher(
         train_images=data.train_images,
         train_labels=data.train_labels,
         data=data,
-        recipe=config.recipe(),
+        recipe=config,
         output_dir=config.output_dir,
         seed=config.seed,
         total_steps=epochs * steps_per_epoch,
