@@ -259,6 +259,7 @@ def test_bad_input_is_caught_before_training(tmp_path, tiny):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error:" in result.stderr and "not found" in result.stderr
+    assert not (tmp_path / "f").exists()  # nothing is written for bad input
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny):

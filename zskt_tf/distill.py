@@ -232,17 +232,17 @@ def _adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
     return optimizer
 
 
-def distill_one_seed(
+def check_inputs(
     config: DistillConfig, data: datasets.ImageData | None = None
-) -> dict:
-    """Runs (or resumes) one zero-shot run in config.output_dir.
+) -> tuple[dict, datasets.ImageData]:
+    """Checks everything a run needs before anything is written.
 
     Returns:
-        The results dict also written to results.json.
+        (the teacher's record, the evaluation data, loaded if not given).
 
     Raises:
-        UserError: bad configuration or teacher, before any training.
-        checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
+        UserError: bad configuration, a missing or misfitting teacher, a student
+            whose taps cannot match, or a dataset that does not fit the teacher.
     """
     config.validate()
     record = model_io.teacher_record(config.teacher)
@@ -261,6 +261,33 @@ def distill_one_seed(
             f"dataset {dataset} has images {data.info.image_shape} but the teacher "
             f"takes {teacher_info.image_shape}"
         )
+    teacher = model_io.load_teacher(config.teacher)  # weights must fit the config
+    if config.beta:
+        student = wide_resnet(
+            config.student_depth,
+            config.student_width,
+            teacher_info.num_classes,
+            teacher_info.image_shape,
+        )
+        check_attention_compatible(teacher, student)
+    return record, data
+
+
+def distill_one_seed(
+    config: DistillConfig, data: datasets.ImageData | None = None
+) -> dict:
+    """Runs (or resumes) one zero-shot run in config.output_dir.
+
+    Returns:
+        The results dict also written to results.json.
+
+    Raises:
+        UserError: bad configuration or teacher, before any training.
+        checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
+    """
+    record, data = check_inputs(config, data)
+    teacher_info = datasets.DatasetInfo.from_json(record["dataset_info"])
+    dataset = config.dataset or record["dataset"]
     info = teacher_info  # normalisation the teacher was trained with
     output_dir = pathlib.Path(config.output_dir)
 
@@ -275,8 +302,6 @@ def distill_one_seed(
             name="student",
         )
         generator = build_generator(config.z_dim, info.image_shape)
-    if config.beta:
-        check_attention_compatible(teacher, student)
     student_optimizer = _adam(
         config.student_lr, config.grad_clip, config.mixed_precision
     )
@@ -481,14 +506,13 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
     """
     if not seeds:
         raise UserError("give at least one seed")
-    config.validate()
+    _, data = check_inputs(config)  # before output_dir is created
     output_dir = pathlib.Path(config.output_dir)
     summary_config = dataclasses.asdict(config) | {
         "seeds": list(seeds),
         "kind": "zero_shot_seeds",
     }
     runs.prepare_output_dir(output_dir, summary_config, ignore=RUN_CONTROL_KEYS)
-    data = None
     per_seed = {}
     for seed in seeds:
         seed_config = dataclasses.replace(
@@ -498,11 +522,6 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
         if done.is_file():
             per_seed[seed] = runs.read_json(done)
             continue
-        if data is None:
-            dataset = (
-                config.dataset or model_io.teacher_record(config.teacher)["dataset"]
-            )
-            data = datasets.load_dataset(dataset, config.data_dir, config.cache_dir)
         per_seed[seed] = distill_one_seed(seed_config, data)
     finals = np.array([per_seed[s]["test_accuracy"] for s in seeds])
     summary = {
