@@ -8,6 +8,7 @@ the class names and input contract is written beside it.
 from __future__ import annotations
 
 import pathlib
+import tempfile
 
 import keras
 import numpy as np
@@ -70,18 +71,28 @@ def export_tflite(
     """
     if quantize not in QUANTIZATIONS:
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATIONS)}")
+    # Converting a concrete function directly leaves Keras 3 variables unfrozen (the
+    # interpreter then computes NaN); going through an exported SavedModel does not.
     probabilities = probabilities_fn(model, info)
-    spec = tf.TensorSpec([1, *info.image_shape], input_dtype, name="pixels")
-    function = tf.function(
-        lambda pixels: {"probabilities": probabilities(pixels)}, input_signature=[spec]
-    ).get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda pixels: {"probabilities": probabilities(pixels)},
+        input_signature=[
+            tf.TensorSpec([1, *info.image_shape], input_dtype, name="pixels")
+        ],
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        archive.write_out(scratch, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(scratch, ["serve"])
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
     path = pathlib.Path(path)
-    path.write_bytes(converter.convert())
+    path.write_bytes(flatbuffer)
     return path
 
 
