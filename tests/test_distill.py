@@ -207,6 +207,15 @@ def test_stop_at_and_rerun_equal_an_uninterrupted_run(tmp_path, tiny):
         distill.distill_one_seed(chunked, data)
     with pytest.raises(checkpoints.Interrupted, match="iteration 3/5"):
         distill.distill_one_seed(dataclasses.replace(chunked, stop_at=3), data)
+    # A stopped run leaves a usable student and its pictures; rerunning with the same
+    # --stop_at stops again at once without training further.
+    for name in ("student.weights.h5", "generator.weights.h5", "samples.png"):
+        assert (tmp_path / "chunked" / name).is_file()
+    stopped = weights_arrays(tmp_path / "chunked" / "student.weights.h5")
+    with pytest.raises(checkpoints.Interrupted, match="iteration 3/5"):
+        distill.distill_one_seed(dataclasses.replace(chunked, stop_at=3), data)
+    again = weights_arrays(tmp_path / "chunked" / "student.weights.h5")
+    assert all(np.array_equal(stopped[k], again[k]) for k in stopped)
     resumed = distill.distill_one_seed(dataclasses.replace(chunked, stop_at=None), data)
     assert resumed["iterations"] == 5
     for name in ("student.weights.h5", "generator.weights.h5"):

@@ -399,8 +399,29 @@ def distill_one_seed(
         images = generator(sample_z, training=True).numpy()
         return plots.to_display(images, info.mean, info.std)
 
+    def write_outputs():
+        """The student and generator as they are now, and the PNGs: at the end, and
+        at every stop, so that a run worked in chunks can be used between them."""
+        student.save_weights(output_dir / model_io.STUDENT_WEIGHTS)
+        generator.save_weights(output_dir / model_io.GENERATOR_WEIGHTS)
+        plots.save_image_grid(pseudo_samples(), output_dir / "samples.png")
+        plots.save_curves(
+            history,
+            output_dir / "accuracy.png",
+            f"zero-shot WRN-{config.student_depth}-{config.student_width} "
+            f"from WRN-{record['depth']}-{record['width']}",
+            teacher_accuracy,
+        )
+
+    def stop_here():
+        save()
+        write_outputs()
+        raise checkpoints.Interrupted(f"iteration {int(iteration)}/{total}")
+
     with checkpoints.InterruptGuard() as guard, writer.as_default():
         while int(iteration) < total:
+            if config.stop_at is not None and int(iteration) >= config.stop_at:
+                stop_here()  # already there (a rerun with the same --stop_at)
             z = noise.normal([config.batch_size, config.z_dim])
             values = iteration_fn(z, iteration.read_value())
             losses_now = [
@@ -457,22 +478,13 @@ def distill_one_seed(
                 )
                 runs.write_json(history_path, history)
             stop = config.stop_at is not None and step >= config.stop_at
-            if step % checkpoint_every == 0 or guard.requested or stop:
-                save()
             if (guard.requested or stop) and step < total:
-                raise checkpoints.Interrupted(f"iteration {step}/{total}")
+                stop_here()
+            if step % checkpoint_every == 0:
+                save()
 
     save()
-    student.save_weights(output_dir / model_io.STUDENT_WEIGHTS)
-    generator.save_weights(output_dir / model_io.GENERATOR_WEIGHTS)
-    plots.save_image_grid(pseudo_samples(), output_dir / "samples.png")
-    plots.save_curves(
-        history,
-        output_dir / "accuracy.png",
-        f"zero-shot WRN-{config.student_depth}-{config.student_width} "
-        f"from WRN-{record['depth']}-{record['width']}",
-        teacher_accuracy,
-    )
+    write_outputs()
     session_seconds = time.perf_counter() - session_start
     session_iterations = int(iteration) - session_start_iteration
     results = {
