@@ -67,6 +67,12 @@ def test_fewshot_sees_m_per_class_and_scales_steps(tmp_path, tiny):
     np.testing.assert_array_equal(np.bincount(labels), [3, 3, 3])
     plain = fewshot.train_fewshot(_config(tmp_path, "ce"), data)
     assert plain["method"] == "no_teacher"
+    # A budget that ends inside an epoch: 24 images at batch 5 give 5 steps for one
+    # reference epoch, while the 9-image subset has 2 batches per epoch.
+    uneven = fewshot.train_fewshot(
+        _config(tmp_path, "uneven", batch_size=5, reference_epochs=1), data
+    )
+    assert uneven["steps"] == 5 and uneven["history"][-1]["step"] == 5
 
 
 def test_kd_at_loss_fn_matches_the_formula(tiny):

@@ -225,6 +225,8 @@ def train_supervised(
                 if (guard.requested or stop) and now < total_steps:
                     save()
                     raise checkpoints.Interrupted(f"step {now}/{total_steps}")
+                if now >= total_steps:  # the budget can end inside an epoch
+                    break
             train_seconds += time.perf_counter() - batch_start
 
     model.save_weights(output_dir / weights_name)
