@@ -43,6 +43,7 @@ def test_registry_has_the_five_datasets_with_constants():
         "mnist",
         "svhn",
         "folder",
+        "embedded:cifar10-test-2k",
     ]
     cifar = datasets.get_info("cifar10")
     assert cifar.mean == (0.4914, 0.4822, 0.4465)
