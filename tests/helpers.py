@@ -73,3 +73,29 @@ def weights_arrays(path) -> dict:
             )
         )
     return arrays
+
+
+def tiny_teacher(
+    base: pathlib.Path, epochs: int = 1, test_per_class: int = 4, **teacher_overrides
+):
+    """A tiny image-folder dataset and a WRN-10-2 teacher trained on it.
+
+    Returns:
+        (dataset root, ImageData, teacher run directory).
+    """
+    from zskt_tf import datasets, teacher
+
+    root = write_tiny_folder(base / "data", test_per_class=test_per_class)
+    data = datasets.load_dataset("folder", root, base / "cache")
+    teacher_dir = base / "teacher"
+    config = teacher.TeacherConfig(
+        output_dir=str(teacher_dir),
+        dataset="folder",
+        depth=10,
+        width=2,
+        epochs=epochs,
+        batch_size=8,
+        **teacher_overrides,
+    )
+    teacher.train_teacher(config, data)
+    return root, data, teacher_dir

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import run_program, weights_arrays, write_tiny_folder
-from zskt_tf import checkpoints, datasets, distill, model_io, teacher
+from tests.helpers import run_program, tiny_teacher, weights_arrays, write_tiny_folder
+from zskt_tf import checkpoints, datasets, distill, model_io
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
 from zskt_tf.wide_resnet import wide_resnet
@@ -19,22 +19,7 @@ from zskt_tf.wide_resnet import wide_resnet
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("distill")
-    root = write_tiny_folder(base / "data")
-    data = datasets.load_dataset("folder", root, base / "cache")
-    teacher_dir = base / "teacher"
-    teacher.train_teacher(
-        teacher.TeacherConfig(
-            output_dir=str(teacher_dir),
-            dataset="folder",
-            depth=10,
-            width=2,
-            epochs=1,
-            batch_size=8,
-        ),
-        data,
-    )
-    return root, data, teacher_dir
+    return tiny_teacher(tmp_path_factory.mktemp("distill"))
 
 
 def _config(tiny, out, **overrides):

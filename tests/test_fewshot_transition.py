@@ -6,31 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import run_program, write_tiny_folder
-from zskt_tf import datasets, fewshot, losses, model_io, teacher, transition
+from tests.helpers import run_program, tiny_teacher
+from zskt_tf import datasets, fewshot, losses, model_io, transition
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import wide_resnet
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("fewshot")
-    root = write_tiny_folder(base / "data", train_per_class=8, test_per_class=12)
-    data = datasets.load_dataset("folder", root, base / "cache")
-    teacher_dir = base / "teacher"
-    teacher.train_teacher(
-        teacher.TeacherConfig(
-            output_dir=str(teacher_dir),
-            dataset="folder",
-            depth=10,
-            width=2,
-            epochs=4,
-            batch_size=8,
-            lr=0.05,
-        ),
-        data,
+    return tiny_teacher(
+        tmp_path_factory.mktemp("fewshot"), epochs=4, test_per_class=12, lr=0.05
     )
-    return root, data, teacher_dir
 
 
 def _config(tmp_path, name, **overrides):
