@@ -145,6 +145,27 @@ def test_transition_bad_input(tiny):
             n_images=500,
             steps=2,
         )
+    gray = wide_resnet(10, 1, 3, (16, 16, 1))
+    with pytest.raises(UserError, match="different inputs"):
+        transition.transition_curves(
+            net,
+            gray,
+            data.test_images,
+            data.test_labels,
+            data.info,
+            n_images=2,
+            steps=2,
+        )
+    with pytest.raises(UserError, match="test images are"):
+        transition.transition_curves(
+            gray,
+            gray,
+            data.test_images,
+            data.test_labels,
+            data.info,
+            n_images=2,
+            steps=2,
+        )
     four = wide_resnet(10, 1, 4, (16, 16, 3))
     with pytest.raises(UserError, match="different class counts: 3 vs 4"):
         transition.transition_curves(

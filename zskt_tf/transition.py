@@ -110,6 +110,14 @@ def transition_curves(
         raise UserError(
             f"the nets predict different class counts: {classes_a} vs {classes_b}"
         )
+    shape_a, shape_b = tuple(net_a.input.shape[1:]), tuple(net_b.input.shape[1:])
+    if shape_a != shape_b:
+        raise UserError(f"the nets take different inputs: {shape_a} vs {shape_b}")
+    if tuple(images.shape[1:]) != shape_a:
+        raise UserError(
+            f"the test images are {tuple(images.shape[1:])} but the nets take "
+            f"{shape_a}; use the nets' dataset"
+        )
     x, true_labels = agreeing_images(net_a, net_b, images, labels, info, n_images, seed)
     targets = target_classes(true_labels, classes_a)
     n, per_image = targets.shape
