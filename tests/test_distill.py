@@ -278,3 +278,21 @@ def test_adam_clips_by_global_norm_five_with_torch_epsilon():
     first_moment = optimizer.variables[2]  # after iterations and learning_rate
     # m = (1 - beta_1) * clipped gradient = 0.1 * (3, 4, 0, 0).
     np.testing.assert_allclose(first_moment.numpy(), [0.3, 0.4, 0.0, 0.0], rtol=1e-5)
+
+
+def test_schedule_iterations_sets_the_cosine_period(tiny):
+    _, _, teacher_dir = tiny
+    frozen = model_io.load_teacher(teacher_dir)
+    student = wide_resnet(10, 1, 3, (16, 16, 3))
+    gen = build_generator(16, (16, 16, 3))
+    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    config = _config(
+        tiny, "unused", total_iterations=10, schedule_iterations=40, student_steps=1
+    )
+    step = distill.make_iteration_fn(frozen, student, gen, *optimizers, config)
+    step(tf.random.normal((8, 16)), tf.constant(20, tf.int64))
+    # Halfway through a 40-iteration cosine: half the initial learning rates.
+    assert float(optimizers[0].learning_rate) == pytest.approx(1e-3, rel=1e-5)
+    assert float(optimizers[1].learning_rate) == pytest.approx(5e-4, rel=1e-5)
+    with pytest.raises(UserError, match="schedule_iterations"):
+        _config(tiny, "x", total_iterations=10, schedule_iterations=5).validate()

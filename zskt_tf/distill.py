@@ -73,6 +73,9 @@ class DistillConfig:
     batch_size: int = 128
     z_dim: int = 100
     total_iterations: int = 80_000
+    # Length of the cosine schedules; None means total_iterations. A shorter run of
+    # a longer schedule follows the paper's learning rates for its first iterations.
+    schedule_iterations: int | None = None
     student_lr: float = 2e-3
     generator_lr: float = 1e-3
     beta: float = 250.0
@@ -85,6 +88,9 @@ class DistillConfig:
     stop_at: int | None = None
     checkpoint_every: int | None = None  # iterations; default: at every evaluation
     log_every: int = 10
+
+    def resolved_schedule(self) -> int:
+        return self.schedule_iterations or self.total_iterations
 
     def resolved_eval_every(self) -> int:
         return self.eval_every or max(1, self.total_iterations // 100)
@@ -107,6 +113,13 @@ class DistillConfig:
             raise UserError(f"beta must be >= 0, got {self.beta}")
         if self.eval_every is not None:
             positive("eval_every", self.eval_every)
+        if self.schedule_iterations is not None and (
+            self.schedule_iterations < self.total_iterations
+        ):
+            raise UserError(
+                f"schedule_iterations ({self.schedule_iterations}) must be at least "
+                f"total_iterations ({self.total_iterations})"
+            )
         if self.batch_size < 2:
             raise UserError(
                 "batch_size must be at least 2 (BatchNorm batch statistics)"
@@ -188,10 +201,10 @@ def make_iteration_fn(
         # Both learning rates follow cosine annealing to 0 over the whole run, stepped
         # once per outer iteration (section 3), from the checkpointed clock.
         student_optimizer.learning_rate.assign(
-            schedules.cosine(config.student_lr, iteration, config.total_iterations)
+            schedules.cosine(config.student_lr, iteration, config.resolved_schedule())
         )
         generator_optimizer.learning_rate.assign(
-            schedules.cosine(config.generator_lr, iteration, config.total_iterations)
+            schedules.cosine(config.generator_lr, iteration, config.resolved_schedule())
         )
         for _ in range(config.generator_steps):  # n_g is 1 in the paper: unrolled
             generator_loss, teacher_logits, student_logits = generator_step(z)
@@ -446,12 +459,16 @@ def distill_one_seed(
                     metric.reset_state()
                 tf.summary.scalar(
                     "train/student_lr",
-                    schedules.cosine(config.student_lr, step - 1, total),
+                    schedules.cosine(
+                        config.student_lr, step - 1, config.resolved_schedule()
+                    ),
                     step=step,
                 )
                 tf.summary.scalar(
                     "train/generator_lr",
-                    schedules.cosine(config.generator_lr, step - 1, total),
+                    schedules.cosine(
+                        config.generator_lr, step - 1, config.resolved_schedule()
+                    ),
                     step=step,
                 )
             progress.update(
