@@ -42,6 +42,17 @@ def _config(tiny, out, **overrides):
     return distill.DistillConfig(**values)
 
 
+def _networks(teacher_dir):
+    """The frozen tiny teacher, a WRN-10-1 student, a generator and built optimisers."""
+    frozen = model_io.load_teacher(teacher_dir)
+    student = wide_resnet(10, 1, 3, (16, 16, 3))
+    gen = build_generator(16, (16, 16, 3))
+    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    optimizers[0].build(student.trainable_variables)
+    optimizers[1].build(gen.trainable_variables)
+    return frozen, student, gen, optimizers
+
+
 def _clone(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -51,12 +62,7 @@ def _clone(model):
 def test_iteration_updates_student_and_generator_never_the_teacher(tiny):
     _, _, teacher_dir = tiny
     config = _config(tiny, "unused", student_steps=3)
-    frozen = model_io.load_teacher(teacher_dir)
-    student = wide_resnet(10, 1, 3, (16, 16, 3))
-    gen = build_generator(16, (16, 16, 3))
-    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
-    optimizers[0].build(student.trainable_variables)
-    optimizers[1].build(gen.trainable_variables)
+    frozen, student, gen, optimizers = _networks(teacher_dir)
     before = [[w.copy() for w in m.get_weights()] for m in (frozen, student, gen)]
     step = distill.make_iteration_fn(frozen, student, gen, *optimizers, config)
     for i in range(2):
@@ -100,10 +106,7 @@ def _np_losses(t_out, s_out, beta):
 def test_logged_loss_terms_match_the_reference_formulas(tiny):
     _, _, teacher_dir = tiny
     config = _config(tiny, "unused", student_steps=1)
-    frozen = model_io.load_teacher(teacher_dir)
-    student = wide_resnet(10, 1, 3, (16, 16, 3))
-    gen = build_generator(16, (16, 16, 3))
-    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    frozen, student, gen, optimizers = _networks(teacher_dir)
     student_before, gen_before = _clone(student), _clone(gen)
     z = tf.random.normal((8, 16))
     values = distill.make_iteration_fn(frozen, student, gen, *optimizers, config)(
@@ -282,10 +285,7 @@ def test_adam_clips_by_global_norm_five_with_torch_epsilon():
 
 def test_schedule_iterations_sets_the_cosine_period(tiny):
     _, _, teacher_dir = tiny
-    frozen = model_io.load_teacher(teacher_dir)
-    student = wide_resnet(10, 1, 3, (16, 16, 3))
-    gen = build_generator(16, (16, 16, 3))
-    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    frozen, student, gen, optimizers = _networks(teacher_dir)
     config = _config(
         tiny, "unused", total_iterations=10, schedule_iterations=40, student_steps=1
     )
