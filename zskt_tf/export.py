@@ -32,26 +32,36 @@ def probabilities_fn(model: keras.Model, info: DatasetInfo):
     return probabilities
 
 
+def _write_archive(model: keras.Model, info: DatasetInfo, path, signatures: dict):
+    """Writes a SavedModel whose endpoints map pixels to {"probabilities": ...}.
+
+    Args:
+        signatures: endpoint name -> (batch size or None, input dtype).
+    """
+    probabilities = probabilities_fn(model, info)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (batch, dtype) in signatures.items():
+        archive.add_endpoint(
+            name,
+            lambda pixels: {"probabilities": probabilities(pixels)},
+            input_signature=[
+                tf.TensorSpec([batch, *info.image_shape], dtype, name="pixels")
+            ],
+        )
+    archive.write_out(str(path), verbose=False)
+
+
 def export_saved_model(
     model: keras.Model, info: DatasetInfo, path: str | pathlib.Path
 ) -> pathlib.Path:
     """Writes a SavedModel with float32 ('serving_default') and uint8 ('serve_uint8')
     signatures, each mapping (B, H, W, C) pixels to {"probabilities": (B, classes)}."""
-    probabilities = probabilities_fn(model, info)
-    shape = [None, *info.image_shape]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda pixels: {"probabilities": probabilities(pixels)},
-        input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")],
-    )
-    archive.add_endpoint(
-        "serve_uint8",
-        lambda pixels: {"probabilities": probabilities(pixels)},
-        input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")],
-    )
-    archive.write_out(str(path), verbose=False)
+    signatures = {
+        "serving_default": (None, tf.float32),
+        "serve_uint8": (None, tf.uint8),
+    }
+    _write_archive(model, info, path, signatures)
     return pathlib.Path(path)
 
 
@@ -73,18 +83,8 @@ def export_tflite(
         raise UserError(f"quantize must be one of {', '.join(QUANTIZATIONS)}")
     # Converting a concrete function directly leaves Keras 3 variables unfrozen (the
     # interpreter then computes NaN); going through an exported SavedModel does not.
-    probabilities = probabilities_fn(model, info)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda pixels: {"probabilities": probabilities(pixels)},
-        input_signature=[
-            tf.TensorSpec([1, *info.image_shape], input_dtype, name="pixels")
-        ],
-    )
     with tempfile.TemporaryDirectory() as scratch:
-        archive.write_out(scratch, verbose=False)
+        _write_archive(model, info, scratch, {"serve": (1, input_dtype)})
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch, ["serve"])
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
