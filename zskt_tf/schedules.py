@@ -24,6 +24,24 @@ def step_decay(
     return base_lr * decay**passed
 
 
+ONE_CYCLE_WARMUP = 0.2
+
+
+def one_cycle(
+    peak_lr: float, step: int, total_steps: int, warmup: float = ONE_CYCLE_WARMUP
+) -> float:
+    """Linear warm-up to peak_lr over the first `warmup` of the run, then linear
+    decay to 0 at its end: an option for very short runs (not in the paper).
+
+    Step 0 already trains (lr = peak / warm-up steps); the last step's lr is the
+    smallest positive one of the decay.
+    """
+    warmup_steps = max(1, round(warmup * total_steps))
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * (total_steps - step) / max(1, total_steps - warmup_steps)
+
+
 def cosine(base_lr: float, step, total_steps: int):
     """PyTorch CosineAnnealingLR with eta_min 0: lr at 0-based step (section 3).
 

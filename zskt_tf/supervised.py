@@ -15,14 +15,17 @@ from absl import logging
 from zskt_tf import checkpoints, evaluation, pipelines, runs
 from zskt_tf.errors import UserError
 from zskt_tf.progress import Progress
-from zskt_tf.schedules import cosine, step_decay
+from zskt_tf.schedules import cosine, one_cycle, step_decay
+
+LR_SCHEDULES = ("step", "cosine", "onecycle")
 from zskt_tf.training import positive
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SGDRecipe:
     """SGD momentum 0.9, weight decay 5e-4 (PyTorch L2), lr 0.1, batch 128, lr x0.2
-    at 30/60/80% of the run (section 4); "cosine" is an option for short runs."""
+    at 30/60/80% of the run (section 4). "cosine" (lr to 0) and "onecycle" (linear
+    warm-up to lr over 20% of the run, then linear to 0) are options for short runs."""
 
     batch_size: int = 128
     lr: float = 0.1
@@ -35,14 +38,17 @@ class SGDRecipe:
     def validate(self) -> None:
         positive("batch_size", self.batch_size)
         positive("lr", self.lr)
-        if self.lr_schedule not in ("step", "cosine"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(
-                f"lr_schedule must be step or cosine, got {self.lr_schedule!r}"
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                f"{self.lr_schedule!r}"
             )
 
     def learning_rate(self, step: int, total_steps: int) -> float:
         if self.lr_schedule == "cosine":
             return cosine(self.lr, step, total_steps)
+        if self.lr_schedule == "onecycle":
+            return one_cycle(self.lr, step, total_steps)
         return step_decay(self.lr, step, total_steps, self.lr_decay, self.lr_milestones)
 
 
