@@ -1,5 +1,8 @@
 """Tests of the Wide ResNet builder against the reference architecture facts."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -73,6 +76,40 @@ def test_init_statistics_and_batchnorm_settings():
     np.testing.assert_array_equal(dense.bias.numpy(), 0.0)
     bound = 1.0 / np.sqrt(dense.kernel.shape[0])
     assert np.abs(dense.kernel.numpy()).max() <= bound
+
+
+def test_every_kernel_is_drawn_independently():
+    # One shared unseeded Keras initialiser gives same-shaped kernels equal values.
+    model = zskt_tf.wide_resnet(16, 2)
+    kernels = [w.numpy() for w in model.weights if w.path.endswith("kernel")]
+    assert len(kernels) == 17  # stem + 12 block convs + 3 shortcuts + classifier
+    for i, a in enumerate(kernels):
+        for b in kernels[i + 1 :]:
+            assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+_INIT_CHECKSUM = (
+    "import sys, keras, numpy as np, zskt_tf; keras.utils.set_random_seed(int(sys.argv[1]));"
+    "m = zskt_tf.wide_resnet(16, 1);"
+    "print(repr(sum(float(np.abs(w).sum()) for w in m.get_weights())))"
+)
+
+
+def _init_checksum(seed):
+    result = subprocess.run(
+        [sys.executable, "-c", _INIT_CHECKSUM, str(seed)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return float(result.stdout.split()[-1])
+
+
+def test_the_seed_alone_fixes_the_initial_weights_across_processes():
+    first, again, other = _init_checksum(3), _init_checksum(3), _init_checksum(4)
+    assert first == again
+    assert first != other
 
 
 def test_shortcut_sees_the_bn_relu_input_and_identity_is_raw():

@@ -14,17 +14,26 @@ BatchNorm = functools.partial(
     keras.layers.BatchNormalization, epsilon=1e-5, momentum=0.9
 )
 
-# The authors' WRN initialises convs with normal(0, sqrt(2 / (k * k * out_channels))),
-# i.e. fan-out He initialisation without truncation.
-CONV_INIT = keras.initializers.VarianceScaling(
-    scale=2.0, mode="fan_out", distribution="untruncated_normal"
-)
+# Initialisers are made fresh for every layer. A Keras 3 initialiser created without a
+# seed draws one fixed integer seed when it is constructed, so a single shared instance
+# would give every kernel of the same shape the same values (and, built at import
+# time, a seed that keras.utils.set_random_seed does not control).
 
-# PyTorch's default nn.Linear weight init, uniform(+-1/sqrt(fan_in)); the authors only
-# zero the bias (reference section 1).
-DENSE_INIT = keras.initializers.VarianceScaling(
-    scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-)
+
+def conv_init() -> keras.initializers.Initializer:
+    """The authors' conv init: normal(0, sqrt(2 / (k * k * out_channels))), i.e.
+    fan-out He initialisation without truncation."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def dense_init() -> keras.initializers.Initializer:
+    """PyTorch's default nn.Linear weight init, uniform(+-1/sqrt(fan_in)); the
+    authors only zero the bias (reference section 1)."""
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
 
 OUTPUT_NAMES = ("logits", "block1", "block2", "block3")
 
@@ -64,7 +73,7 @@ def _conv(x, filters: int, kernel_size: int, strides: int, name: str):
         strides=strides,
         padding=padding,
         use_bias=False,
-        kernel_initializer=CONV_INIT,
+        kernel_initializer=conv_init(),
         name=name,
     )(x)
 
@@ -134,7 +143,7 @@ def wide_resnet(
     # float32 logits keep softmax and the losses stable under mixed precision.
     logits = keras.layers.Dense(
         num_classes,
-        kernel_initializer=DENSE_INIT,
+        kernel_initializer=dense_init(),
         bias_initializer="zeros",
         dtype="float32",
         name="logits",
