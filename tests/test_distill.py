@@ -215,6 +215,30 @@ def test_stop_at_and_rerun_equal_an_uninterrupted_run(tmp_path, tiny):
     assert resumed["evaluations"] == straight_history
 
 
+def test_the_seed_alone_determines_a_run(tmp_path, tiny):
+    # distill() loads the teacher once for all seeds; each seed's run must equal the
+    # same seed run on its own, and different seeds must start differently.
+    root, data, _ = tiny
+    config = _config(
+        tiny,
+        tmp_path / "both",
+        total_iterations=2,
+        eval_every=2,
+        data_dir=str(root),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    distill.distill(config, seeds=(0, 1))
+    alone = dataclasses.replace(config, seed=1, output_dir=str(tmp_path / "alone"))
+    distill.distill_one_seed(alone, data)
+    seed_0, seed_1, seed_1_alone = (
+        weights_arrays(tmp_path / run / "student.weights.h5")
+        for run in ("both/seed_0", "both/seed_1", "alone")
+    )
+    for key in seed_1:
+        np.testing.assert_array_equal(seed_1_alone[key], seed_1[key], err_msg=key)
+    assert any(not np.array_equal(seed_0[k], seed_1[k]) for k in seed_0)
+
+
 def test_bad_input_is_caught_before_training(tmp_path, tiny):
     root, data, teacher_dir = tiny
     with pytest.raises(UserError, match="not found"):

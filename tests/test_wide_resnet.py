@@ -89,7 +89,8 @@ def test_every_kernel_is_drawn_independently():
 
 
 _INIT_CHECKSUM = (
-    "import sys, keras, numpy as np, zskt_tf; keras.utils.set_random_seed(int(sys.argv[1]));"
+    "import sys, keras, numpy as np, zskt_tf;"
+    "keras.utils.set_random_seed(int(sys.argv[1]));"
     "m = zskt_tf.wide_resnet(16, 1);"
     "print(repr(sum(float(np.abs(w).sum()) for w in m.get_weights())))"
 )

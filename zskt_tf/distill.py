@@ -247,11 +247,12 @@ def _adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
 
 def check_inputs(
     config: DistillConfig, data: datasets.ImageData | None = None
-) -> tuple[dict, datasets.ImageData]:
+) -> tuple[dict, datasets.ImageData, keras.Model]:
     """Checks everything a run needs before anything is written.
 
     Returns:
-        (the teacher's record, the evaluation data, loaded if not given).
+        (the teacher's record, the evaluation data (loaded if not given), the frozen
+        teacher, built under the run's precision policy).
 
     Raises:
         UserError: bad configuration, a missing or misfitting teacher, a student
@@ -274,7 +275,8 @@ def check_inputs(
             f"dataset {dataset} has images {data.info.image_shape} but the teacher "
             f"takes {teacher_info.image_shape}"
         )
-    teacher = model_io.load_teacher(config.teacher)  # weights must fit the config
+    with mixed_precision_scope(config.mixed_precision):
+        teacher = model_io.load_teacher(config.teacher)  # weights must fit the config
     if config.beta:
         student = wide_resnet(
             config.student_depth,
@@ -283,7 +285,7 @@ def check_inputs(
             teacher_info.image_shape,
         )
         check_attention_compatible(teacher, student)
-    return record, data
+    return record, data, teacher
 
 
 def distill_one_seed(
@@ -298,15 +300,22 @@ def distill_one_seed(
         UserError: bad configuration or teacher, before any training.
         checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
     """
-    record, data = check_inputs(config, data)
+    return _distill_one_seed(config, *check_inputs(config, data))
+
+
+def _distill_one_seed(
+    config: DistillConfig, record: dict, data: datasets.ImageData, teacher
+) -> dict:
+    """distill_one_seed on inputs check_inputs has already checked and loaded."""
     teacher_info = datasets.DatasetInfo.from_json(record["dataset_info"])
     dataset = config.dataset or record["dataset"]
     info = teacher_info  # normalisation the teacher was trained with
     output_dir = pathlib.Path(config.output_dir)
 
+    # The seed alone fixes the initial student and generator (the teacher is loaded
+    # already, so it draws nothing from the seeded generators).
     keras.utils.set_random_seed(config.seed)
     with mixed_precision_scope(config.mixed_precision):
-        teacher = model_io.load_teacher(config.teacher)
         student = wide_resnet(
             config.student_depth,
             config.student_width,
@@ -535,7 +544,7 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
     """
     if not seeds:
         raise UserError("give at least one seed")
-    _, data = check_inputs(config)  # before output_dir is created
+    record, data, teacher = check_inputs(config)  # before output_dir is created
     output_dir = pathlib.Path(config.output_dir)
     summary_config = dataclasses.asdict(config) | {
         "seeds": list(seeds),
@@ -551,7 +560,7 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
         if done.is_file():
             per_seed[seed] = runs.read_json(done)
             continue
-        per_seed[seed] = distill_one_seed(seed_config, data)
+        per_seed[seed] = _distill_one_seed(seed_config, record, data, teacher)
     finals = np.array([per_seed[s]["test_accuracy"] for s in seeds])
     summary = {
         "seeds": {str(s): per_seed[s]["test_accuracy"] for s in seeds},

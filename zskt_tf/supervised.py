@@ -16,9 +16,9 @@ from zskt_tf import checkpoints, evaluation, pipelines, runs
 from zskt_tf.errors import UserError
 from zskt_tf.progress import Progress
 from zskt_tf.schedules import cosine, one_cycle, step_decay
+from zskt_tf.training import positive
 
 LR_SCHEDULES = ("step", "cosine", "onecycle")
-from zskt_tf.training import positive
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

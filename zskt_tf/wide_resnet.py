@@ -35,6 +35,7 @@ def dense_init() -> keras.initializers.Initializer:
         scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
     )
 
+
 OUTPUT_NAMES = ("logits", "block1", "block2", "block3")
 
 
