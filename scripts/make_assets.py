@@ -1,7 +1,8 @@
 """Regenerates the embedded assets in zskt_tf/assets (see docs/ASSETS.md).
 
 Usage:
-  python scripts/make_assets.py --teacher_dir=runs/teacher-cifar10-wrn-16-2 \
+  python scripts/make_assets.py \
+      --teacher_dir=runs/teacher-cifar-onecycle-0.2-fixedinit \
       --data_dir=../shared/datasets/cifar10-jpeg.tar.gz
 """
 
