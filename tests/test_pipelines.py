@@ -73,3 +73,16 @@ def test_train_dataset_shuffles_by_seed_and_resumes_mid_epoch():
         np.testing.assert_array_equal(a[1], b[1])
     other = list(pipelines.train_dataset(images, labels, INFO, 16, seed=0, epoch=4))
     assert not np.array_equal(np.concatenate([b[1] for b in other]), seen)
+    # A budget ending inside the epoch: the same batches, ending early.
+    cut = list(
+        pipelines.train_dataset(
+            images, labels, INFO, 16, seed=0, epoch=3, start_batch=1, end_batch=3
+        )
+    )
+    assert len(cut) == 2
+    for a, b in zip(cut, epoch[1:3], strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    past_the_end = pipelines.train_dataset(
+        images, labels, INFO, 16, seed=0, epoch=3, end_batch=99
+    )
+    assert len(list(past_the_end)) == 4

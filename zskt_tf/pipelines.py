@@ -66,6 +66,7 @@ def train_dataset(
     epoch: int,
     start_batch: int = 0,
     augment: bool | None = None,
+    end_batch: int | None = None,
 ) -> tf.data.Dataset:
     """One epoch of shuffled, augmented, normalised training batches.
 
@@ -80,6 +81,9 @@ def train_dataset(
         seed, epoch: select the permutation and augmentation.
         start_batch: skip this many batches (resume mid-epoch).
         augment: override info.augment.
+        end_batch: stop before this batch (a budget that ends inside the epoch).
+            Loops should run a dataset to its end: destroying a tf.data iterator
+            that has not reached its end blocked for up to a minute in TF 2.21.
     """
     augment = info.augment if augment is None else augment
     order = epoch_permutation(len(images), seed, epoch)
@@ -98,6 +102,7 @@ def train_dataset(
             batch_images = augment_batch(batch_images, batch_seed)
         return normalize(batch_images, info.mean, info.std), tf.gather(labels_t, index)
 
-    dataset = tf.data.Dataset.range(start_batch, num_batches)
+    end_batch = num_batches if end_batch is None else min(end_batch, num_batches)
+    dataset = tf.data.Dataset.range(start_batch, end_batch)
     dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -170,6 +170,9 @@ def train_supervised(
                 seed,
                 epoch,
                 start_batch,
+                # The budget can end inside an epoch; the loop runs the dataset to
+                # its end rather than breaking out of it (see train_dataset).
+                end_batch=total_steps - epoch * steps_per_epoch,
             )
             batch_start = time.perf_counter()
             for images, labels in batches:
@@ -231,8 +234,6 @@ def train_supervised(
                 if (guard.requested or stop) and now < total_steps:
                     save()
                     raise checkpoints.Interrupted(f"step {now}/{total_steps}")
-                if now >= total_steps:  # the budget can end inside an epoch
-                    break
             train_seconds += time.perf_counter() - batch_start
 
     model.save_weights(output_dir / weights_name)
