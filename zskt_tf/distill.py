@@ -43,6 +43,10 @@ RUN_CONTROL_KEYS = (
 )
 # PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
 ADAM_EPSILON = 1e-8
+# A window's mean generator loss above this is "near 0": the generator no longer finds
+# disagreement and the adversarial game has collapsed (section 3; a healthy run of the
+# authors' sits at about -0.10 to -0.12, and collapsed runs here at -0.0001 to -0.001).
+COLLAPSED_GENERATOR_LOSS = -0.005
 METRICS = (
     "train/generator_loss",
     "train/student_loss",
@@ -502,6 +506,14 @@ def _distill_one_seed(
                     entry["teacher_max_prob"],
                     entry["student_max_prob"],
                 )
+                if entry.get("generator_loss", -1.0) > COLLAPSED_GENERATOR_LOSS:
+                    logging.warning(
+                        "generator loss %.4f is near 0: the adversarial game has "
+                        "collapsed (teacher max prob %.3f); it may recover, else try "
+                        "another --seeds value or a stronger teacher",
+                        entry["generator_loss"],
+                        entry["teacher_max_prob"],
+                    )
                 runs.write_json(history_path, history)
             stop = config.stop_at is not None and step >= config.stop_at
             if (guard.requested or stop) and step < total:
