@@ -47,3 +47,25 @@ def test_architecture_follows_the_reference():
 def test_bad_image_shape_raises():
     with pytest.raises(ValueError, match="divisible by 4"):
         zskt_tf.generator(image_shape=(30, 32, 3))
+
+
+def test_dense_and_convs_use_pytorch_default_init():
+    # Weights and biases uniform(+-1/sqrt(fan_in)), each layer drawn independently.
+    model = zskt_tf.generator(100, (32, 32, 3))
+    for name, fan_in in (
+        ("project", 100),
+        ("conv1", 9 * 128),
+        ("conv2", 9 * 128),
+        ("to_image", 9 * 64),
+    ):
+        layer = model.get_layer(name)
+        bound = fan_in**-0.5
+        for values in (layer.kernel.numpy(), layer.bias.numpy()):
+            assert np.abs(values).max() <= bound
+            # Uniform on [-b, b]: the spread fills the interval, biases are not zero.
+            assert np.abs(values).max() > 0.9 * bound
+            assert values.std() == pytest.approx(bound / np.sqrt(3), rel=0.15)
+    assert not np.array_equal(
+        model.get_layer("conv1").bias.numpy()[:64],
+        model.get_layer("conv2").bias.numpy(),
+    )

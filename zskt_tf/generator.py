@@ -9,6 +9,24 @@ from zskt_tf.wide_resnet import BatchNorm
 LEAKY_RELU_SLOPE = 0.2  # reference section 1
 
 
+def _torch_default_init(fan_in: int) -> dict:
+    """PyTorch's default nn.Linear / nn.Conv2d init, which the authors' generator
+    keeps: weights and biases uniform(+-1/sqrt(fan_in)).
+
+    Keras' Glorot-uniform weights and zero biases differ in scale (the projection's
+    weights would be 3.7x smaller), and with Adam, whose steps do not scale with the
+    weights, the scale sets how fast the generator moves. A fresh initialiser per
+    layer keeps the draws independent and seeded (see wide_resnet).
+    """
+    bound = fan_in**-0.5
+    return dict(
+        kernel_initializer=keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+        ),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+    )
+
+
 def generator(
     z_dim: int = 100,
     image_shape: tuple[int, int, int] = (32, 32, 3),
@@ -40,17 +58,27 @@ def generator(
     if z_dim < 1 or channels < 1:
         raise ValueError(f"z_dim and channels must be positive: {z_dim}, {channels}")
     z = keras.Input(shape=(z_dim,), name="z")
-    x = keras.layers.Dense(128 * (height // 4) * (width // 4), name="project")(z)
+    x = keras.layers.Dense(
+        128 * (height // 4) * (width // 4), name="project", **_torch_default_init(z_dim)
+    )(z)
     x = keras.layers.Reshape((height // 4, width // 4, 128), name="reshape")(x)
     x = BatchNorm(name="project_bn")(x)
     for index, filters in enumerate((128, 64), start=1):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{index}")(x)
-        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
+        x = keras.layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            name=f"conv{index}",
+            **_torch_default_init(9 * x.shape[-1]),
+        )(x)
         x = BatchNorm(name=f"conv{index}_bn")(x)
         x = keras.layers.LeakyReLU(
             negative_slope=LEAKY_RELU_SLOPE, name=f"lrelu{index}"
         )(x)
-    x = keras.layers.Conv2D(channels, 3, padding="same", name="to_image")(x)
+    x = keras.layers.Conv2D(
+        channels, 3, padding="same", name="to_image", **_torch_default_init(9 * 64)
+    )(x)
     # The output BN keeps its affine scale and shift; float32 so pseudo images match
     # normalised real data in precision under mixed precision too.
     images = BatchNorm(name="image_bn", dtype="float32")(x)
