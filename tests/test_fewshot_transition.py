@@ -135,48 +135,28 @@ def test_mte_of_a_net_against_itself_is_zero_and_attack_raises_p(tmp_path, tiny)
 def test_transition_bad_input(tiny):
     _, data, teacher_dir = tiny
     net = model_io.load_teacher(teacher_dir)
-    with pytest.raises(UserError, match=r"only \d+ of 36 test images .*500 needed"):
-        transition.transition_curves(
-            net,
-            net,
+
+    def curves(net_a, net_b, n_images=2):
+        return transition.transition_curves(
+            net_a,
+            net_b,
             data.test_images,
             data.test_labels,
             data.info,
-            n_images=500,
+            n_images=n_images,
             steps=2,
         )
+
+    with pytest.raises(UserError, match=r"only \d+ of 36 test images .*500 needed"):
+        curves(net, net, n_images=500)
     gray = wide_resnet(10, 1, 3, (16, 16, 1))
     with pytest.raises(UserError, match="different inputs"):
-        transition.transition_curves(
-            net,
-            gray,
-            data.test_images,
-            data.test_labels,
-            data.info,
-            n_images=2,
-            steps=2,
-        )
+        curves(net, gray)
     with pytest.raises(UserError, match="test images are"):
-        transition.transition_curves(
-            gray,
-            gray,
-            data.test_images,
-            data.test_labels,
-            data.info,
-            n_images=2,
-            steps=2,
-        )
+        curves(gray, gray)
     four = wide_resnet(10, 1, 4, (16, 16, 3))
     with pytest.raises(UserError, match="different class counts: 3 vs 4"):
-        transition.transition_curves(
-            net,
-            four,
-            data.test_images,
-            data.test_labels,
-            data.info,
-            n_images=2,
-            steps=2,
-        )
+        curves(net, four)
 
 
 def test_transition_cli_writes_curves_results_and_plot(tmp_path, tiny):
