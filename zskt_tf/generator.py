@@ -77,7 +77,11 @@ def generator(
             negative_slope=LEAKY_RELU_SLOPE, name=f"lrelu{index}"
         )(x)
     x = keras.layers.Conv2D(
-        channels, 3, padding="same", name="to_image", **_torch_default_init(9 * 64)
+        channels,
+        3,
+        padding="same",
+        name="to_image",
+        **_torch_default_init(9 * x.shape[-1]),
     )(x)
     # The output BN keeps its affine scale and shift; float32 so pseudo images match
     # normalised real data in precision under mixed precision too.
