@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from zskt_tf.wide_resnet import BatchNorm
+from zskt_tf.wide_resnet import BatchNorm, output_dtype
 
 LEAKY_RELU_SLOPE = 0.2  # reference section 1
 
@@ -83,7 +83,7 @@ def generator(
         name="to_image",
         **_torch_default_init(9 * x.shape[-1]),
     )(x)
-    # The output BN keeps its affine scale and shift; float32 so pseudo images match
-    # normalised real data in precision under mixed precision too.
-    images = BatchNorm(name="image_bn", dtype="float32")(x)
+    # The output BN keeps its affine scale and shift; float32 under mixed precision
+    # so pseudo images match normalised real data in precision.
+    images = BatchNorm(name="image_bn", dtype=output_dtype())(x)
     return keras.Model(z, images, name=name)

@@ -10,6 +10,13 @@ import tensorflow as tf
 _NORMALIZE_EPSILON = 1e-12
 
 
+def at_least_float32(tensor) -> tf.Tensor:
+    """Half-precision activations (mixed precision) are promoted to float32 for the
+    losses; float32 and float64 pass unchanged."""
+    tensor = tf.convert_to_tensor(tensor)
+    return tf.cast(tensor, tf.float32) if tensor.dtype.size < 4 else tensor
+
+
 def kl_divergence(
     teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float = 1.0
 ) -> tf.Tensor:
@@ -19,8 +26,8 @@ def kl_divergence(
     value is the per-sample KL divided by the number of classes. That scale sets the
     balance against the attention term (beta = 250), so it is kept (section 2).
     """
-    teacher_logits = tf.cast(teacher_logits, tf.float32) / temperature
-    student_logits = tf.cast(student_logits, tf.float32) / temperature
+    teacher_logits = at_least_float32(teacher_logits) / temperature
+    student_logits = at_least_float32(student_logits) / temperature
     log_p_teacher = tf.nn.log_softmax(teacher_logits, axis=-1)
     log_p_student = tf.nn.log_softmax(student_logits, axis=-1)
     elementwise = tf.exp(log_p_teacher) * (log_p_teacher - log_p_student)
@@ -31,9 +38,9 @@ def attention_map(activations: tf.Tensor) -> tf.Tensor:
     """Spatial attention of (B, H, W, C) activations: L2-normalised mean_c(A^2).
 
     Returns:
-        (B, H*W) float32 maps with unit L2 norm per sample.
+        (B, H*W) maps (float32 or wider) with unit L2 norm per sample.
     """
-    activations = tf.cast(activations, tf.float32)
+    activations = at_least_float32(activations)
     energy = tf.reduce_mean(tf.square(activations), axis=-1)
     energy = tf.reshape(energy, [tf.shape(energy)[0], -1])
     norm = tf.norm(energy, axis=-1, keepdims=True)
@@ -105,7 +112,7 @@ def kd_at_loss(
     cross_entropy = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.cast(labels, tf.int32),
-            logits=tf.cast(student_logits, tf.float32),
+            logits=at_least_float32(student_logits),
         )
     )
     distillation = kl_divergence(teacher_logits, student_logits, temperature)

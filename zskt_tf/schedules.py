@@ -45,11 +45,13 @@ def one_cycle(
 def cosine(base_lr: float, step, total_steps: int):
     """PyTorch CosineAnnealingLR with eta_min 0: lr at 0-based step (section 3).
 
-    Works on Python numbers and on tensors (inside a compiled step).
+    Works on Python numbers and on tensors (inside a compiled step). Tensors are
+    computed in float64, as PyTorch does in Python floats: in float32, 1 + cos(.)
+    near the end of an 80,000-step run is below float32's resolution of 1.
     """
     if isinstance(step, (int, float)):
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
     import tensorflow as tf
 
-    progress = tf.cast(step, tf.float32) / float(total_steps)
+    progress = tf.cast(step, tf.float64) / float(total_steps)
     return base_lr * 0.5 * (1.0 + tf.cos(math.pi * progress))

@@ -160,7 +160,7 @@ def convert(
         )
     values: dict[str, list] = {}
     for key, (layer_name, index, _) in expected.items():
-        array = state[key].astype(np.float32)
+        array = state[key]  # set_weights casts to the model's variable dtype
         if array.ndim == 4:
             array = array.transpose(
                 2, 3, 1, 0

@@ -39,6 +39,13 @@ def dense_init() -> keras.initializers.Initializer:
 OUTPUT_NAMES = ("logits", "block1", "block2", "block3")
 
 
+def output_dtype() -> str:
+    """The dtype of a model's final layer under the current policy: its variable
+    dtype, so float32 under mixed precision (softmax and losses stay stable there)
+    and the policy's own dtype otherwise (float64 for the parity tests)."""
+    return keras.config.dtype_policy().variable_dtype
+
+
 def check_architecture(depth: int, width: int) -> int:
     """Validates a WRN-depth-width and returns the number of blocks per group.
 
@@ -141,12 +148,11 @@ def wide_resnet(
         taps[f"block{group}"] = x
     x = _bn_relu(x, "head")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    # float32 logits keep softmax and the losses stable under mixed precision.
     logits = keras.layers.Dense(
         num_classes,
         kernel_initializer=dense_init(),
         bias_initializer="zeros",
-        dtype="float32",
+        dtype=output_dtype(),
         name="logits",
     )(x)
     outputs = {"logits": logits, **taps}
