@@ -1,7 +1,6 @@
 """Import of PyTorch WRN checkpoints in the authors' key layout."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -11,79 +10,7 @@ from zskt_tf import model_io, torch_import
 from zskt_tf.errors import UserError
 
 torch = pytest.importorskip("torch")
-nn = torch.nn
-
-
-class Block(nn.Module):
-    """A pre-activation block with the authors' attribute names."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.equal = cin == cout
-        self.convShortcut = (
-            None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
-        )
-
-    def forward(self, x):
-        activated = torch.relu(self.bn1(x))
-        out = self.conv2(torch.relu(self.bn2(self.conv1(activated))))
-        return (x if self.equal else self.convShortcut(activated)) + out
-
-
-class Group(nn.Module):
-    def __init__(self, n, cin, cout, stride):
-        super().__init__()
-        self.layer = nn.Sequential(
-            *[
-                Block(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                for i in range(n)
-            ]
-        )
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class TorchWRN(nn.Module):
-    def __init__(self, depth, width, classes=10, channels=3):
-        super().__init__()
-        n = (depth - 4) // 6
-        widths = [16, 16 * width, 32 * width, 64 * width]
-        self.conv1 = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
-        self.block1 = Group(n, widths[0], widths[1], 1)
-        self.block2 = Group(n, widths[1], widths[2], 2)
-        self.block3 = Group(n, widths[2], widths[3], 2)
-        self.bn1 = nn.BatchNorm2d(widths[3])
-        self.fc = nn.Linear(widths[3], classes)
-
-    def forward(self, x):
-        a1 = self.block1(self.conv1(x))
-        a2 = self.block2(a1)
-        a3 = self.block3(a2)
-        pooled = torch.nn.functional.avg_pool2d(torch.relu(self.bn1(a3)), 8)
-        return self.fc(pooled.flatten(1)), a1, a2, a3
-
-
-def _randomised(depth, width, seed=0):
-    torch.manual_seed(seed)
-    net = TorchWRN(depth, width)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.3, 0.3)
-                module.running_mean.uniform_(-0.3, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-            elif isinstance(module, nn.Conv2d):
-                fan_out = (
-                    module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                )
-                module.weight.normal_(0, math.sqrt(2.0 / fan_out))
-    return net.eval()
+from tests.torch_reference import randomised_wrn as _randomised  # noqa: E402
 
 
 @pytest.mark.parametrize("depth, width", [(16, 2), (10, 1)])

@@ -23,6 +23,7 @@ from zskt_tf import (
 )
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
+from zskt_tf.optimizers import TorchAdam
 from zskt_tf.progress import Progress
 from zskt_tf.training import mixed_precision_scope, positive
 from zskt_tf.wide_resnet import check_architecture, wide_resnet
@@ -164,7 +165,7 @@ def make_iteration_fn(
 
     def mean_max_prob(logits):
         return tf.reduce_mean(
-            tf.reduce_max(tf.nn.softmax(tf.cast(logits, tf.float32)), -1)
+            tf.reduce_max(tf.nn.softmax(losses.at_least_float32(logits)), -1)
         )
 
     def generator_step(z):
@@ -192,7 +193,7 @@ def make_iteration_fn(
             attention = (
                 losses.total_attention_loss(taps(student_out), teacher_taps)
                 if beta
-                else tf.constant(0.0)
+                else tf.zeros([], kl.dtype)
             )
             loss = kl + beta * attention
             scaled = student_optimizer.scale_loss(loss)
@@ -204,12 +205,12 @@ def make_iteration_fn(
     def iteration_fn(z, iteration):
         # Both learning rates follow cosine annealing to 0 over the whole run, stepped
         # once per outer iteration (section 3), from the checkpointed clock.
-        student_optimizer.learning_rate.assign(
-            schedules.cosine(config.student_lr, iteration, config.resolved_schedule())
-        )
-        generator_optimizer.learning_rate.assign(
-            schedules.cosine(config.generator_lr, iteration, config.resolved_schedule())
-        )
+        for optimizer, base_lr in (
+            (student_optimizer, config.student_lr),
+            (generator_optimizer, config.generator_lr),
+        ):
+            lr = schedules.cosine(base_lr, iteration, config.resolved_schedule())
+            optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
         for _ in range(config.generator_steps):  # n_g is 1 in the paper: unrolled
             generator_loss, teacher_logits, student_logits = generator_step(z)
         # The student trains on the *updated* generator's images for the same z, as
@@ -220,7 +221,7 @@ def make_iteration_fn(
         teacher_out = teacher(pseudo, training=False)
         teacher_student_logits = tf.stop_gradient(teacher_out["logits"])
         teacher_taps = [tf.stop_gradient(t) for t in taps(teacher_out)]
-        student_loss = kl = attention = tf.constant(0.0)
+        student_loss = kl = attention = tf.zeros([], generator_loss.dtype)
         # tf.range keeps this a loop in the graph rather than n_s unrolled copies.
         for _ in tf.range(config.student_steps):
             student_loss, kl, attention = student_step(
@@ -241,7 +242,7 @@ def make_iteration_fn(
 def _adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
     # global_clipnorm clips after loss-scale unscaling, so the same code is right in
     # float32 and mixed precision (clip by global norm 5, section 3).
-    optimizer = keras.optimizers.Adam(
+    optimizer = TorchAdam(
         learning_rate=learning_rate, epsilon=ADAM_EPSILON, global_clipnorm=grad_clip
     )
     if mixed_precision:

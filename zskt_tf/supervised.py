@@ -14,6 +14,7 @@ from absl import logging
 
 from zskt_tf import checkpoints, evaluation, pipelines, runs
 from zskt_tf.errors import UserError
+from zskt_tf.optimizers import TorchSGD
 from zskt_tf.progress import Progress
 from zskt_tf.schedules import cosine, one_cycle, step_decay
 from zskt_tf.training import positive
@@ -93,9 +94,9 @@ def make_train_step(
 
 
 def sgd_optimizer(recipe: SGDRecipe, model, mixed_precision: bool):
-    # Keras 3's SGD keeps lr-scaled velocity, PyTorch scales the buffer by the current
-    # lr; they agree except for a short transient after each lr drop.
-    optimizer = keras.optimizers.SGD(learning_rate=recipe.lr, momentum=recipe.momentum)
+    # PyTorch's momentum buffer (Keras' own SGD would keep an lr-scaled velocity that
+    # lags behind every lr drop of the step schedule).
+    optimizer = TorchSGD(learning_rate=recipe.lr, momentum=recipe.momentum)
     if mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
