@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from zskt_tf import checkpoints, evaluation, pipelines, runs
+from zskt_tf import evaluation, pipelines, run_loop
 from zskt_tf.errors import UserError
 from zskt_tf.optimizers import TorchSGD
-from zskt_tf.progress import Progress
 from zskt_tf.schedules import cosine, one_cycle, step_decay
 from zskt_tf.training import positive
 
@@ -103,6 +100,108 @@ def sgd_optimizer(recipe: SGDRecipe, model, mixed_precision: bool):
     return optimizer
 
 
+class SGDTrainer(run_loop.Trainer):
+    """A supervised run on the run loop: epochs of augmented batches, one SGD step
+    each; the weights are written once, at the end."""
+
+    loss_tags = ("train/loss",)
+
+    def __init__(
+        self,
+        *,
+        model,
+        train_images,
+        train_labels,
+        data,
+        recipe: SGDRecipe,
+        seed: int,
+        total_steps: int,
+        output_dir,
+        weights_name: str,
+        loss_fn=cross_entropy,
+        mixed_precision: bool = False,
+        jit: bool = False,
+    ):
+        self.model, self.data, self.recipe, self.seed = model, data, recipe, seed
+        self.train_images, self.train_labels = train_images, train_labels
+        self.total_steps, self.output_dir = total_steps, output_dir
+        self.weights_name = weights_name
+        self.optimizer = sgd_optimizer(recipe, model, mixed_precision)
+        self.step_fn = make_train_step(
+            model, self.optimizer, recipe.weight_decay, jit, loss_fn
+        )
+        self.predict = evaluation.make_predict_fn(model, jit)
+        self.steps_per_epoch = -(-len(train_images) // recipe.batch_size)
+
+    def checkpointables(self) -> dict:
+        return dict(model=self.model, optimizer=self.optimizer)
+
+    def batches(self, step: int, end: int):
+        # Batches depend only on (seed, epoch, batch): a resumed run sees the same
+        # ones. The dataset ends at the budget, so the loop runs it to its end.
+        epoch, start_batch = divmod(step, self.steps_per_epoch)
+        return pipelines.train_dataset(
+            self.train_images,
+            self.train_labels,
+            self.data.info,
+            self.recipe.batch_size,
+            self.seed,
+            epoch,
+            start_batch,
+            end_batch=end - epoch * self.steps_per_epoch,
+        )
+
+    def train_step(self, batch, step: int) -> dict:
+        images, labels = batch
+        lr = self.recipe.learning_rate(step, self.total_steps)
+        loss, correct = self.step_fn(images, labels, tf.constant(lr, tf.float32))
+        accuracy = tf.cast(correct, tf.float32) / tf.cast(
+            tf.shape(labels)[0], tf.float32
+        )
+        return {"train/loss": loss, "train/accuracy": accuracy}
+
+    def log_scalars(self, step: int) -> dict:
+        return {"train/lr": self.recipe.learning_rate(step - 1, self.total_steps)}
+
+    def evaluate(self, step: int) -> dict:
+        accuracy = evaluation.accuracy(
+            self.model,
+            self.data.test_images,
+            self.data.test_labels,
+            self.data.info,
+            predict_fn=self.predict,
+        )
+        return {
+            "epoch": round(step / self.steps_per_epoch, 3),
+            "test_accuracy": accuracy,
+        }
+
+    def on_evaluation(self, entry: dict, history: list[dict]) -> None:
+        del history
+        logging.info(
+            "step %d (epoch %.2f): train loss %.4f, test accuracy %.4f",
+            entry["step"],
+            entry["epoch"],
+            entry["loss"],
+            entry["test_accuracy"],
+        )
+
+    def finish(self, history: list[dict], timing: dict) -> dict:
+        path = pathlib.Path(self.output_dir) / self.weights_name
+        self.model.save_weights(path)
+        logging.info(
+            "done: test accuracy %.4f, weights in %s",
+            history[-1]["test_accuracy"],
+            path,
+        )
+        return {
+            "epochs": round(timing["steps"] / self.steps_per_epoch, 3),
+            "images_per_second": round(
+                self.recipe.batch_size / max(timing["seconds_per_step"], 1e-9), 1
+            ),
+        }
+
+
 def train_supervised(
     *,
     model,
@@ -132,126 +231,26 @@ def train_supervised(
     Returns:
         The results dict also written to results.json.
     """
-    output_dir = pathlib.Path(output_dir)
-    optimizer = sgd_optimizer(recipe, model, mixed_precision)
-    step = tf.Variable(0, dtype=tf.int64, name="global_step")
-    elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed_seconds")
-    checkpoint, manager = checkpoints.checkpoint_manager(
-        output_dir, model=model, optimizer=optimizer, step=step, elapsed=elapsed
+    trainer = SGDTrainer(
+        model=model,
+        train_images=train_images,
+        train_labels=train_labels,
+        data=data,
+        recipe=recipe,
+        seed=seed,
+        total_steps=total_steps,
+        output_dir=output_dir,
+        weights_name=weights_name,
+        loss_fn=loss_fn,
+        mixed_precision=mixed_precision,
+        jit=jit,
     )
-    checkpoints.restore_latest(checkpoint, manager)
-    steps_per_epoch = -(-len(train_images) // recipe.batch_size)
-    history_path = output_dir / "history.json"
-    history = [
-        h
-        for h in (runs.read_json(history_path) if history_path.exists() else [])
-        if h["step"] <= int(step)
-    ]
-
-    train_step = make_train_step(model, optimizer, recipe.weight_decay, jit, loss_fn)
-    predict = evaluation.make_predict_fn(model, jit)
-    writer = tf.summary.create_file_writer(str(output_dir / "logs"))
-    progress = Progress(label, total_steps, start=int(step))
-    session_start, train_seconds, session_images = time.perf_counter(), 0.0, 0
-    start_elapsed = float(elapsed)
-    loss_sum = correct_sum = seen = 0.0
-
-    def save():
-        elapsed.assign(start_elapsed + time.perf_counter() - session_start)
-        manager.save(checkpoint_number=int(step))
-
-    with checkpoints.InterruptGuard() as guard, writer.as_default():
-        while int(step) < total_steps:
-            epoch, start_batch = divmod(int(step), steps_per_epoch)
-            batches = pipelines.train_dataset(
-                train_images,
-                train_labels,
-                data.info,
-                recipe.batch_size,
-                seed,
-                epoch,
-                start_batch,
-                # The budget can end inside an epoch; the loop runs the dataset to
-                # its end rather than breaking out of it (see train_dataset).
-                end_batch=total_steps - epoch * steps_per_epoch,
-            )
-            batch_start = time.perf_counter()
-            for images, labels in batches:
-                lr = recipe.learning_rate(int(step), total_steps)
-                loss, correct = train_step(images, labels, tf.constant(lr, tf.float32))
-                if not np.isfinite(float(loss)):
-                    raise UserError(
-                        f"non-finite loss at step {int(step) + 1}; the last "
-                        "good checkpoint is kept. Lower --lr?"
-                    )
-                step.assign_add(1)
-                batch = int(images.shape[0])
-                loss_sum += float(loss) * batch
-                correct_sum += int(correct)
-                seen += batch
-                session_images += batch
-                now = int(step)
-                if now % log_every == 0:
-                    tf.summary.scalar("train/loss", loss, step=now)
-                    tf.summary.scalar("train/lr", lr, step=now)
-                progress.update(
-                    now,
-                    f"epoch {now / steps_per_epoch:.2f} loss "
-                    f"{loss_sum / seen:.3f} acc {correct_sum / seen:.3f}",
-                )
-                stop = stop_at is not None and now >= stop_at
-                if now % eval_every == 0 or now == total_steps:
-                    train_seconds += time.perf_counter() - batch_start
-                    accuracy = evaluation.accuracy(
-                        model,
-                        data.test_images,
-                        data.test_labels,
-                        data.info,
-                        predict_fn=predict,
-                    )
-                    entry = {
-                        "step": now,
-                        "epoch": round(now / steps_per_epoch, 3),
-                        "test_accuracy": accuracy,
-                        "train_loss": loss_sum / seen,
-                        "train_accuracy": correct_sum / seen,
-                    }
-                    history.append(entry)
-                    tf.summary.scalar(
-                        "train/accuracy", entry["train_accuracy"], step=now
-                    )
-                    tf.summary.scalar("test/accuracy", accuracy, step=now)
-                    logging.info(
-                        "step %d (epoch %.2f): train loss %.4f, test accuracy %.4f",
-                        now,
-                        entry["epoch"],
-                        entry["train_loss"],
-                        accuracy,
-                    )
-                    runs.write_json(history_path, history)
-                    loss_sum = correct_sum = seen = 0.0
-                    save()
-                    batch_start = time.perf_counter()
-                if (guard.requested or stop) and now < total_steps:
-                    save()
-                    raise checkpoints.Interrupted(f"step {now}/{total_steps}")
-            train_seconds += time.perf_counter() - batch_start
-
-    model.save_weights(output_dir / weights_name)
-    results = {
-        "test_accuracy": history[-1]["test_accuracy"],
-        "steps": int(step),
-        "epochs": round(int(step) / steps_per_epoch, 3),
-        "wall_time_seconds": round(
-            start_elapsed + time.perf_counter() - session_start, 1
-        ),
-        "images_per_second": round(session_images / max(train_seconds, 1e-9), 1),
-        "history": history,
-    }
-    runs.write_json(output_dir / runs.RESULTS_FILE, results)
-    logging.info(
-        "done: test accuracy %.4f, weights in %s",
-        results["test_accuracy"],
-        output_dir / weights_name,
+    settings = run_loop.LoopSettings(
+        output_dir=output_dir,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        log_every=log_every,
+        stop_at=stop_at,
+        progress_label=label,
     )
-    return results
+    return run_loop.run(trainer, settings, ("train/loss", "train/accuracy"))
