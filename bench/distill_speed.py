@@ -16,7 +16,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from bench.common import peak_memory, time_per_call
-from zskt_tf import distill, losses
+from zskt_tf import adversarial, distill, losses
 from zskt_tf.generator import generator as build_generator
 from zskt_tf.wide_resnet import wide_resnet
 
@@ -34,7 +34,7 @@ def build(teacher_arch, student_arch):
     teacher.trainable = False
     student = wide_resnet(*student_arch, name="student")
     gen = build_generator(100, (32, 32, 3))
-    optimizers = [distill._adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
     optimizers[0].build(student.trainable_variables)
     optimizers[1].build(gen.trainable_variables)
     return teacher, student, gen, optimizers
@@ -84,7 +84,9 @@ def main(argv):
             config = distill.DistillConfig(
                 teacher="", output_dir="", jit=jit, batch_size=FLAGS.batch_size
             )
-            step = distill.make_iteration_fn(teacher, student, gen, *optimizers, config)
+            step = adversarial.make_iteration_fn(
+                teacher, student, gen, *optimizers, config
+            )
             memory = {}
             with peak_memory(memory):
                 seconds = time_per_call(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from zskt_tf import distill, torch_import
+from zskt_tf import adversarial, distill, torch_import
 from zskt_tf.generator import generator as build_generator
 
 torch = pytest.importorskip("torch")
@@ -56,12 +56,12 @@ def run_both(torch_teacher, teacher_arch, student_arch, batch_size, iterations):
     torch_reference.copy_generator_to_keras(torch_generator, generator)
     config = distill.DistillConfig(teacher="", output_dir="", batch_size=batch_size)
     optimizers = [
-        distill._adam(lr, config.grad_clip, False)
+        adversarial.adam(lr, config.grad_clip, False)
         for lr in (config.student_lr, config.generator_lr)
     ]
     optimizers[0].build(student.trainable_variables)
     optimizers[1].build(generator.trainable_variables)
-    iteration_fn = distill.make_iteration_fn(
+    iteration_fn = adversarial.make_iteration_fn(
         teacher, student, generator, *optimizers, config
     )
     solver = torch_reference.AuthorsSolver(

@@ -11,7 +11,7 @@ import tensorflow as tf
 from zskt_tf import datasets, losses, model_io, runs, supervised
 from zskt_tf.errors import UserError
 from zskt_tf.training import mixed_precision_scope, positive
-from zskt_tf.wide_resnet import check_architecture, wide_resnet
+from zskt_tf.wide_resnet import TAPS, check_architecture, check_taps_match, wide_resnet
 
 RUN_CONTROL_KEYS = (
     "output_dir",
@@ -23,7 +23,6 @@ RUN_CONTROL_KEYS = (
     "teacher",
     "init_student",
 )
-TAPS = ("block1", "block2", "block3")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,9 +121,7 @@ def train_fewshot(
                 f"{config.dataset} has {info.num_classes}"
             )
         if config.beta:
-            from zskt_tf.distill import check_attention_compatible
-
-            check_attention_compatible(teacher, student)
+            check_taps_match(teacher, student)
     if config.init_student:
         weights, init_config = model_io.resolve_run(
             config.init_student, model_io.STUDENT_WEIGHTS

@@ -36,7 +36,8 @@ def dense_init() -> keras.initializers.Initializer:
     )
 
 
-OUTPUT_NAMES = ("logits", "block1", "block2", "block3")
+TAPS = ("block1", "block2", "block3")  # attention taps: the three groups' outputs
+OUTPUT_NAMES = ("logits", *TAPS)
 
 
 def output_dtype() -> str:
@@ -157,3 +158,20 @@ def wide_resnet(
     )(x)
     outputs = {"logits": logits, **taps}
     return keras.Model(inputs, outputs, name=name or f"wrn-{depth}-{width}")
+
+
+def check_taps_match(teacher: keras.Model, student: keras.Model) -> None:
+    """Attention transfer needs the same taps with equal spatial sizes (section 2).
+
+    Raises:
+        UserError: naming both networks' taps.
+    """
+    teacher_taps = {k: v.shape[1:3] for k, v in teacher.output.items() if k in TAPS}
+    student_taps = {k: v.shape[1:3] for k, v in student.output.items() if k in TAPS}
+    if teacher_taps.keys() != student_taps.keys() or any(
+        tuple(teacher_taps[k]) != tuple(student_taps[k]) for k in teacher_taps
+    ):
+        raise UserError(
+            f"attention transfer needs matching taps: teacher {teacher_taps}, student "
+            f"{student_taps}; use a student of the teacher's family or --beta=0"
+        )

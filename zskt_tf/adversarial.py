@@ -1,0 +1,295 @@
+"""The zero-shot outer iteration (reference sections 2-3): one compiled function that
+takes n_g generator steps and then n_s student steps on the same pseudo batch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from zskt_tf import losses, schedules
+from zskt_tf.errors import UserError
+from zskt_tf.optimizers import TorchAdam
+from zskt_tf.training import positive
+from zskt_tf.wide_resnet import TAPS
+
+# PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
+ADAM_EPSILON = 1e-8
+ADVERSARIAL_LOSSES = ("kl", "l1")
+# Every run logs these; bn_prior and balance_prior add their own terms.
+METRICS = (
+    "train/generator_loss",
+    "train/generator_kl",
+    "train/student_loss",
+    "train/kl",
+    "train/attention",
+    "train/teacher_max_prob",
+    "train/student_max_prob",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GameConfig:
+    """The method's hyper-parameters; every default is the paper's (sections 2-3)."""
+
+    generator_steps: int = 1  # n_g
+    student_steps: int = 10  # n_s
+    total_iterations: int = 80_000
+    # Length of the cosine schedules; None means total_iterations. A shorter run of
+    # a longer schedule follows the paper's learning rates for its first iterations.
+    schedule_iterations: int | None = None
+    student_lr: float = 2e-3
+    generator_lr: float = 1e-3
+    beta: float = 250.0
+    temperature: float = 1.0
+    grad_clip: float = 5.0
+    jit: bool = False
+    # Beyond the paper (reference section 9); the defaults are the paper's method.
+    adversarial_loss: str = "kl"  # "l1": DFAD's logit distance, for both players
+    bn_prior: float = 0.0  # weight of the teacher's BatchNorm-statistics prior
+    balance_prior: float = 0.0  # weight of the class-balance (entropy) prior
+
+    def metric_tags(self) -> tuple[str, ...]:
+        """The metric tags the iteration returns under these settings."""
+        extra = ("train/bn_loss",) * bool(self.bn_prior) + (
+            "train/balance_loss",
+        ) * bool(self.balance_prior)
+        return METRICS + extra
+
+    def resolved_schedule(self) -> int:
+        return self.schedule_iterations or self.total_iterations
+
+    def validate(self) -> None:
+        for name in (
+            "generator_steps",
+            "student_steps",
+            "total_iterations",
+            "student_lr",
+            "generator_lr",
+            "temperature",
+            "grad_clip",
+        ):
+            positive(name, getattr(self, name))
+        for name in ("beta", "bn_prior", "balance_prior"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.adversarial_loss not in ADVERSARIAL_LOSSES:
+            raise UserError(
+                f"adversarial_loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, "
+                f"got {self.adversarial_loss!r}"
+            )
+        if self.schedule_iterations is not None and (
+            self.schedule_iterations < self.total_iterations
+        ):
+            raise UserError(
+                f"schedule_iterations ({self.schedule_iterations}) must be at least "
+                f"total_iterations ({self.total_iterations})"
+            )
+
+
+def adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
+    """The authors' optimiser: PyTorch's Adam, gradients clipped to norm grad_clip.
+
+    global_clipnorm clips after loss-scale unscaling, so the same code is right in
+    float32 and mixed precision (clip by global norm 5, section 3).
+    """
+    optimizer = TorchAdam(
+        learning_rate=learning_rate, epsilon=ADAM_EPSILON, global_clipnorm=grad_clip
+    )
+    if mixed_precision:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _taps(outputs) -> list:
+    return [outputs[name] for name in TAPS]
+
+
+def _mean_max_prob(logits):
+    probabilities = tf.nn.softmax(losses.at_least_float32(logits))
+    return tf.reduce_mean(tf.reduce_max(probabilities, -1))
+
+
+BN_INPUT_PREFIX = "bn_input:"
+
+
+def with_batchnorm_inputs(teacher: keras.Model) -> tuple[keras.Model, list]:
+    """The teacher that also returns the input of each of its BatchNorm layers.
+
+    A functional model built once on the same layers and weights: its extra outputs
+    are intermediate tensors of the one forward pass (no second pass). Outputs are
+    the teacher's dict plus "bn_input:<layer name>" entries.
+
+    Returns:
+        (the frozen model, its BatchNormalization layers in output order).
+    """
+    layers = [
+        layer
+        for layer in teacher.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    outputs = dict(teacher.output)
+    outputs |= {BN_INPUT_PREFIX + layer.name: layer.input for layer in layers}
+    model = keras.Model(teacher.input, outputs, name=f"{teacher.name}_bn_inputs")
+    model.trainable = False
+    return model, layers
+
+
+class AdversarialGame:
+    """One outer iteration of the zero-shot game, compiled (sections 2-3, and the
+    generator priors of section 9 when their weights are set).
+
+    Call iteration(z, iteration) -> {metric tag: scalar}, with the 0-based outer
+    iteration that sets both learning rates.
+    """
+
+    def __init__(
+        self,
+        teacher: keras.Model,
+        student: keras.Model,
+        generator: keras.Model,
+        student_optimizer,
+        generator_optimizer,
+        config: GameConfig,
+    ):
+        self.config = config
+        self.teacher, self.bn_layers = (
+            with_batchnorm_inputs(teacher) if config.bn_prior else (teacher, [])
+        )
+        self.student, self.generator = student, generator
+        self.student_optimizer = student_optimizer
+        self.generator_optimizer = generator_optimizer
+        self.iteration = tf.function(self._iteration, jit_compile=config.jit)
+
+    def _discrepancy(self, teacher_logits, student_logits):
+        """What the generator maximises and the student minimises (with attention)."""
+        if self.config.adversarial_loss == "l1":
+            return losses.logit_l1_distance(teacher_logits, student_logits)
+        return losses.kl_divergence(
+            teacher_logits, student_logits, self.config.temperature
+        )
+
+    def _generator_objective(self, teacher_out, student_out) -> dict:
+        """The generator's loss and its logged terms."""
+        config = self.config
+        teacher_logits, student_logits = teacher_out["logits"], student_out["logits"]
+        terms = {
+            "train/generator_loss": -self._discrepancy(teacher_logits, student_logits)
+        }
+        if config.bn_prior:
+            terms["train/bn_loss"] = losses.batch_norm_statistics_loss(
+                [teacher_out[BN_INPUT_PREFIX + layer.name] for layer in self.bn_layers],
+                [layer.moving_mean for layer in self.bn_layers],
+                [layer.moving_variance for layer in self.bn_layers],
+            )
+            terms["train/generator_loss"] += config.bn_prior * terms["train/bn_loss"]
+        if config.balance_prior:
+            terms["train/balance_loss"] = losses.class_balance_loss(teacher_logits)
+            terms["train/generator_loss"] += (
+                config.balance_prior * terms["train/balance_loss"]
+            )
+        return terms
+
+    def generator_step(self, z) -> dict:
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            pseudo = self.generator(z, training=True)
+            # The teacher is frozen and in inference mode but inside the tape, so the
+            # gradient reaches the generator through it (the earlier port's .predict()
+            # cut this path). The student is in training mode (authors' code).
+            teacher_out = self.teacher(pseudo, training=False)
+            student_out = self.student(pseudo, training=True)
+            terms = self._generator_objective(teacher_out, student_out)
+            scaled = self.generator_optimizer.scale_loss(terms["train/generator_loss"])
+        grads = tape.gradient(scaled, variables)
+        self.generator_optimizer.apply(grads, variables)
+        teacher_logits, student_logits = teacher_out["logits"], student_out["logits"]
+        return terms | {
+            # The disagreement the game is about, whatever the objective: near 0
+            # means the game has collapsed.
+            "train/generator_kl": losses.kl_divergence(
+                teacher_logits, student_logits, self.config.temperature
+            ),
+            "train/teacher_max_prob": _mean_max_prob(teacher_logits),
+            "train/student_max_prob": _mean_max_prob(student_logits),
+        }
+
+    def student_step(self, pseudo, teacher_logits, teacher_taps):
+        variables = self.student.trainable_variables
+        with tf.GradientTape() as tape:
+            student_out = self.student(pseudo, training=True)
+            logits = student_out["logits"]
+            kl = losses.kl_divergence(teacher_logits, logits, self.config.temperature)
+            discrepancy = kl
+            if self.config.adversarial_loss != "kl":
+                discrepancy = self._discrepancy(teacher_logits, logits)
+            attention = (
+                losses.total_attention_loss(_taps(student_out), teacher_taps)
+                if self.config.beta
+                else tf.zeros([], kl.dtype)
+            )
+            loss = discrepancy + self.config.beta * attention
+            scaled = self.student_optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        self.student_optimizer.apply(grads, variables)
+        return loss, kl, attention
+
+    def _set_learning_rates(self, iteration):
+        # Both learning rates follow cosine annealing to 0 over the whole run, stepped
+        # once per outer iteration (section 3), from the checkpointed clock.
+        config = self.config
+        for optimizer, base_lr in (
+            (self.student_optimizer, config.student_lr),
+            (self.generator_optimizer, config.generator_lr),
+        ):
+            lr = schedules.cosine(base_lr, iteration, config.resolved_schedule())
+            optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
+
+    def _iteration(self, z, iteration):
+        self._set_learning_rates(iteration)
+        for _ in range(self.config.generator_steps):  # n_g is 1 in the paper: unrolled
+            values = self.generator_step(z)
+        # The student trains on the *updated* generator's images for the same z, as
+        # the authors' loop does. They re-run the generator for every student step;
+        # its output cannot change between those steps, so it is computed once here,
+        # and so are the teacher's logits and taps (no gradient needed from either).
+        pseudo = tf.stop_gradient(self.generator(z, training=True))
+        teacher_out = self.teacher(pseudo, training=False)
+        targets = tf.stop_gradient(teacher_out["logits"])
+        teacher_taps = [tf.stop_gradient(t) for t in _taps(teacher_out)]
+        loss = kl = attention = tf.zeros([], values["train/generator_kl"].dtype)
+        # tf.range keeps this a loop in the graph rather than n_s unrolled copies.
+        for _ in tf.range(self.config.student_steps):
+            loss, kl, attention = self.student_step(pseudo, targets, teacher_taps)
+        return values | {
+            "train/student_loss": loss,
+            "train/kl": kl,
+            "train/attention": attention,
+        }
+
+
+def make_iteration_fn(
+    teacher: keras.Model,
+    student: keras.Model,
+    generator: keras.Model,
+    student_optimizer,
+    generator_optimizer,
+    config: GameConfig,
+):
+    """The compiled outer iteration: n_g generator steps, then n_s student steps.
+
+    Args:
+        teacher: the frozen teacher (trainable = False), called in inference mode.
+        student, generator: the networks being trained.
+        student_optimizer, generator_optimizer: built optimisers (see adam()).
+        config: the method's settings (a GameConfig, e.g. a DistillConfig).
+
+    Returns:
+        A function (z, iteration) -> {metric tag: scalar}; iteration is the 0-based
+        outer iteration that sets both learning rates.
+    """
+    game = AdversarialGame(
+        teacher, student, generator, student_optimizer, generator_optimizer, config
+    )
+    return game.iteration
