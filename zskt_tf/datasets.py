@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from zskt_tf import embedded
 from zskt_tf.errors import UserError
 
 CIFAR10_CLASSES = (
@@ -144,8 +145,6 @@ FOLDER = "folder"  # a user's own image-folder tree; needs data_dir
 
 def dataset_names() -> list[str]:
     """Valid values of --dataset."""
-    from zskt_tf import embedded
-
     return (
         sorted(REGISTRY) + [FOLDER] + [embedded.PREFIX + n for n in embedded.DATASETS]
     )
@@ -153,8 +152,6 @@ def dataset_names() -> list[str]:
 
 def get_info(name: str) -> DatasetInfo:
     """Registry lookup with a one-line error that lists the valid names."""
-    from zskt_tf import embedded
-
     if embedded.is_embedded(name):
         return REGISTRY[embedded.dataset_entry(name)[1]]
     if name not in REGISTRY:
@@ -215,10 +212,12 @@ def load_dataset(
     Returns:
         ImageData with 28x28 images padded to 32x32.
     """
-    from zskt_tf import embedded, sources  # more imports; load them on demand
+    from zskt_tf import sources  # more imports; load them on demand
 
     if embedded.is_embedded(name):
-        return embedded.load_dataset(name)
+        images, labels = embedded.load_arrays(name)
+        empty = np.zeros((0, *images.shape[1:]), np.uint8)
+        return ImageData(get_info(name), empty, np.zeros(0, np.int64), images, labels)
     if name == FOLDER:
         if data_dir is None:
             raise UserError("--dataset=folder needs --data_dir=<split/class/images>")

@@ -53,11 +53,13 @@ def teacher_path(name: str) -> pathlib.Path:
     return path
 
 
-def load_dataset(name: str):
-    """An embedded evaluation set as ImageData with an empty training split."""
-    from zskt_tf import datasets
+def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An embedded evaluation set's uint8 images and int64 labels.
 
-    filename, base = dataset_entry(name)
+    zskt_tf.datasets.load_dataset wraps them as ImageData (with an empty training
+    split) under the registry entry of dataset_entry(name)[1].
+    """
+    filename, _ = dataset_entry(name)
     path = assets_dir() / filename
     if not path.is_file():
         raise UserError(
@@ -65,7 +67,4 @@ def load_dataset(name: str):
             f"({path}); reinstall zskt_tf"
         )
     with np.load(path) as arrays:
-        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
-    info = datasets.get_info(base)
-    empty = np.zeros((0, *images.shape[1:]), np.uint8)
-    return datasets.ImageData(info, empty, np.zeros(0, np.int64), images, labels)
+        return arrays["images"], arrays["labels"].astype(np.int64)

@@ -8,7 +8,7 @@ import tempfile
 import h5py
 import keras
 
-from zskt_tf import runs
+from zskt_tf import embedded, runs
 from zskt_tf.datasets import DatasetInfo
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import wide_resnet
@@ -73,8 +73,6 @@ def resolve_run(
 
     "embedded:<name>" names a teacher shipped with the package (zskt_tf.embedded).
     """
-    from zskt_tf import embedded
-
     if embedded.is_embedded(str(path)):
         path = embedded.teacher_path(str(path))
     path = pathlib.Path(path)
@@ -127,8 +125,6 @@ def load_network(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
     Returns:
         (model, config dict) with the model's weights loaded.
     """
-    from zskt_tf import embedded
-
     if embedded.is_embedded(str(model_dir)):
         model_dir = embedded.teacher_path(str(model_dir))
     model_dir = pathlib.Path(model_dir)
