@@ -146,3 +146,47 @@ def test_generator_gradient_flows_through_frozen_teacher_and_student():
     for g_full, g_t, g_s in zip(full, via_teacher, via_student, strict=True):
         np.testing.assert_allclose(g_full.numpy(), (g_t + g_s).numpy(), atol=1e-5)
     assert teacher.trainable_variables == []
+
+
+def test_logit_l1_distance_matches_numpy(batch):
+    expected = np.abs(batch["teacher"] - batch["student"]).mean()
+    actual = losses.logit_l1_distance(batch["teacher"], batch["student"])
+    assert float(actual) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_batch_norm_statistics_loss_matches_numpy():
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(1.0, 2.0, (8, 4, 4, 3)), rng.normal(size=(8, 2, 2, 5))]
+    means = [rng.normal(size=3), rng.normal(size=5)]
+    variances = [rng.uniform(0.5, 2.0, 3), rng.uniform(0.5, 2.0, 5)]
+    expected = 0.0
+    for x, mean, variance in zip(inputs, means, variances, strict=True):
+        flat = x.reshape(-1, x.shape[-1])
+        expected += np.linalg.norm(flat.mean(0) - mean)
+        expected += np.linalg.norm(flat.var(0) - variance)  # biased variance
+    actual = losses.batch_norm_statistics_loss(
+        [tf.constant(x, tf.float32) for x in inputs],
+        [tf.constant(m, tf.float32) for m in means],
+        [tf.constant(v, tf.float32) for v in variances],
+    )
+    assert float(actual) == pytest.approx(expected, rel=1e-5)
+    # Zero when the batch has exactly the running statistics.
+    x = np.concatenate([np.full((4, 1, 1, 2), -1.0), np.full((4, 1, 1, 2), 3.0)])
+    at_target = losses.batch_norm_statistics_loss([x], [np.ones(2)], [np.full(2, 4.0)])
+    assert float(at_target) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_class_balance_loss_matches_numpy(batch):
+    probabilities = np.exp(_log_softmax(batch["teacher"].astype(np.float64)))
+    mean = probabilities.mean(axis=0)
+    expected = (mean * np.log(mean)).sum()
+    actual = losses.class_balance_loss(batch["teacher"])
+    assert float(actual) == pytest.approx(expected, rel=1e-5)
+    # Its minimum, -log K, is a batch spread evenly over the classes ...
+    even = np.eye(10, dtype=np.float32)[np.arange(20) % 10] * 50.0
+    assert float(losses.class_balance_loss(even)) == pytest.approx(
+        -np.log(10), rel=1e-5
+    )
+    # ... and a batch of one confident class scores near its maximum, 0.
+    single = np.tile(np.eye(10, dtype=np.float32)[3] * 50.0, (20, 1))
+    assert float(losses.class_balance_loss(single)) == pytest.approx(0.0, abs=1e-5)

@@ -1,4 +1,5 @@
-"""ZSKT losses (reference section 2) and the few-shot KD+AT loss (section 6)."""
+"""ZSKT losses (reference section 2), the few-shot KD+AT loss (section 6) and the
+generator objectives of later data-free methods (section 9)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,55 @@ def kd_at_loss(
     if beta:
         loss += beta * total_attention_loss(student_taps, teacher_taps)
     return loss
+
+
+def logit_l1_distance(
+    teacher_logits: tf.Tensor, student_logits: tf.Tensor
+) -> tf.Tensor:
+    """Mean absolute difference of the logits (DFAD, Fang et al., 2019).
+
+    Unlike the KL, its gradient does not vanish when both networks are saturated on
+    the same class, so the generator keeps a signal (reference section 9).
+    """
+    difference = at_least_float32(teacher_logits) - at_least_float32(student_logits)
+    return tf.reduce_mean(tf.abs(difference))
+
+
+def batch_norm_statistics_loss(
+    bn_inputs: Sequence[tf.Tensor],
+    moving_means: Sequence[tf.Tensor],
+    moving_variances: Sequence[tf.Tensor],
+) -> tf.Tensor:
+    """DeepInversion's feature regulariser, as used by DFQ, CMI and Fast (section 9).
+
+    Sum over BatchNorm layers of ||mu_b - running_mean||_2 + ||var_b - running_var||_2,
+    where mu_b and var_b (biased) are the per-channel statistics of the layer's input
+    over all axes but the last: plain L2 norms over channels, unweighted over layers.
+
+    Args:
+        bn_inputs: the input of each BatchNorm layer, (B, ..., C).
+        moving_means, moving_variances: each layer's running statistics, (C,).
+    """
+    total = []
+    for inputs, mean, variance in zip(
+        bn_inputs, moving_means, moving_variances, strict=True
+    ):
+        inputs = at_least_float32(inputs)
+        axes = list(range(len(inputs.shape) - 1))
+        batch_mean, batch_variance = tf.nn.moments(inputs, axes)
+        total.append(tf.norm(batch_variance - tf.cast(variance, inputs.dtype)))
+        total.append(tf.norm(batch_mean - tf.cast(mean, inputs.dtype)))
+    return tf.add_n(total)
+
+
+def class_balance_loss(teacher_logits: tf.Tensor) -> tf.Tensor:
+    """Negative entropy of the batch-mean teacher prediction, sum_k p_k log p_k
+    (DAFL's and DFQ's information-entropy term, natural log; section 9).
+
+    Minimised by the generator, it is lowest (-log K) when the batch covers the K
+    classes evenly, so the generator cannot settle on one class.
+    """
+    mean_prediction = tf.reduce_mean(
+        tf.nn.softmax(at_least_float32(teacher_logits)), axis=0
+    )
+    return tf.reduce_sum(tf.math.xlogy(mean_prediction, mean_prediction))

@@ -51,13 +51,13 @@ def save_curves(
     title: str,
     teacher_accuracy: float | None = None,
 ) -> None:
-    """Test accuracy (and generator loss, when logged) against iteration, as PNG."""
+    """Test accuracy (and the game's disagreement, when logged) against iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if any("generator_loss" in h for h in history) else 1
+    panels = 2 if any("generator_kl" in h for h in history) else 1
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     steps = [h["iteration"] for h in history]
     accuracy_axis = axes[0][0]
@@ -80,17 +80,17 @@ def save_curves(
     accuracy_axis.legend()
     if panels == 2:
         loss_axis = axes[0][1]
-        logged = [h for h in history if "generator_loss" in h]
+        logged = [h for h in history if "generator_kl" in h]
         loss_axis.plot(
             [h["iteration"] for h in logged],
-            [h["generator_loss"] for h in logged],
+            [h["generator_kl"] for h in logged],
             "o-",
             markersize=3,
         )
         loss_axis.axhline(0.0, color="gray", linewidth=0.8)
         loss_axis.set(
             xlabel="iteration",
-            ylabel="generator loss (-KL)",
+            ylabel="KL(teacher || student), generator's batches",
             title="adversarial game (near 0 = collapsed)",
         )
         loss_axis.grid(alpha=0.3)
