@@ -64,12 +64,15 @@ def test_torch_adam_matches_torch_optim_adam():
 
 def test_torch_sgd_matches_torch_optim_sgd_across_lr_drops():
     learning_rates = [0.1] * 3 + [0.02] * 3 + [0.004] * 2
-    ours, theirs = _run(
-        TorchSGD(learning_rate=0.1, momentum=0.9),
-        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
-        learning_rates,
-    )
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    for decay in (0.0, 5e-4):  # PyTorch's weight decay: L2 added to the gradient
+        ours, theirs = _run(
+            TorchSGD(learning_rate=0.1, momentum=0.9, torch_weight_decay=decay),
+            lambda params, decay=decay: torch.optim.SGD(
+                params, lr=0.1, momentum=0.9, weight_decay=decay
+            ),
+            learning_rates,
+        )
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
     # Keras' SGD keeps an lr-scaled velocity: equal while the lr is constant (up
     # to its float32 rounding of the momentum), then after the drop it still moves
     # with the old learning rate's momentum.
@@ -87,3 +90,5 @@ def test_unsupported_options_are_refused():
         TorchAdam(amsgrad=True)
     with pytest.raises(ValueError, match="nesterov"):
         TorchSGD(momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="torch_weight_decay"):
+        TorchSGD(momentum=0.9, weight_decay=5e-4)

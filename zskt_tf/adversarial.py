@@ -8,7 +8,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from zskt_tf import losses, schedules
+from zskt_tf import distribution, losses, schedules
 from zskt_tf.errors import UserError
 from zskt_tf.optimizers import TorchAdam
 from zskt_tf.training import positive
@@ -140,8 +140,11 @@ class AdversarialGame:
     """One outer iteration of the zero-shot game, compiled (sections 2-3, and the
     generator priors of section 9 when their weights are set).
 
-    Call iteration(z, iteration) -> {metric tag: scalar}, with the 0-based outer
-    iteration that sets both learning rates.
+    Call iteration(z, iteration) -> {metric tag: scalar}, with z the global batch's
+    noise and the 0-based outer iteration that sets both learning rates. Under a
+    tf.distribute strategy the batch is split over the replicas and every value is
+    the global batch's (zskt_tf.distribution); the networks and optimisers must have
+    been built in the strategy's scope.
     """
 
     def __init__(
@@ -152,15 +155,27 @@ class AdversarialGame:
         student_optimizer,
         generator_optimizer,
         config: GameConfig,
+        strategy=None,
     ):
         self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.teacher, self.bn_layers = (
             with_batchnorm_inputs(teacher) if config.bn_prior else (teacher, [])
         )
         self.student, self.generator = student, generator
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
-        self.iteration = tf.function(self._iteration, jit_compile=config.jit)
+        # With jit, XLA compiles each step, not the whole iteration: compiled whole,
+        # the tf.range student loop ran 25 times slower on XLA:CPU than in the graph
+        # (docs/RESULTS.md, "XLA and mixed precision").
+        self._generator_step, self._student_step = (
+            self.generator_step,
+            self.student_step,
+        )
+        if config.jit:
+            self._generator_step = tf.function(self.generator_step, jit_compile=True)
+            self._student_step = tf.function(self.student_step, jit_compile=True)
+        self.iteration = tf.function(self._iteration)
 
     def _discrepancy(self, teacher_logits, student_logits):
         """What the generator maximises and the student minimises (with attention)."""
@@ -170,42 +185,31 @@ class AdversarialGame:
             teacher_logits, student_logits, self.config.temperature
         )
 
-    def _generator_objective(self, teacher_out, student_out) -> dict:
-        """The generator's loss and its logged terms."""
-        config = self.config
-        teacher_logits, student_logits = teacher_out["logits"], student_out["logits"]
-        terms = {
-            "train/generator_loss": -self._discrepancy(teacher_logits, student_logits)
-        }
+    def _priors(self, teacher_out) -> dict:
+        """The generator priors' values on the global batch (section 9)."""
+        config, terms = self.config, {}
+        sum_over_replicas = distribution.all_reduce_sum
         if config.bn_prior:
             terms["train/bn_loss"] = losses.batch_norm_statistics_loss(
                 [teacher_out[BN_INPUT_PREFIX + layer.name] for layer in self.bn_layers],
                 [layer.moving_mean for layer in self.bn_layers],
                 [layer.moving_variance for layer in self.bn_layers],
+                sum_over_replicas,
             )
-            terms["train/generator_loss"] += config.bn_prior * terms["train/bn_loss"]
         if config.balance_prior:
-            terms["train/balance_loss"] = losses.class_balance_loss(teacher_logits)
-            terms["train/generator_loss"] += (
-                config.balance_prior * terms["train/balance_loss"]
+            terms["train/balance_loss"] = losses.class_balance_loss(
+                teacher_out["logits"], sum_over_replicas
             )
         return terms
 
-    def generator_step(self, z) -> dict:
-        variables = self.generator.trainable_variables
-        with tf.GradientTape() as tape:
-            pseudo = self.generator(z, training=True)
-            # The teacher is frozen and in inference mode but inside the tape, so the
-            # gradient reaches the generator through it (the earlier port's .predict()
-            # cut this path). The student is in training mode (authors' code).
-            teacher_out = self.teacher(pseudo, training=False)
-            student_out = self.student(pseudo, training=True)
-            terms = self._generator_objective(teacher_out, student_out)
-            scaled = self.generator_optimizer.scale_loss(terms["train/generator_loss"])
-        grads = tape.gradient(scaled, variables)
-        self.generator_optimizer.apply(grads, variables)
+    def _generator_terms(self, teacher_out, student_out, share) -> dict:
+        """Each term as this replica's part of its global-batch value: means over
+        examples weighted by the replica's share of the batch, global statistics by
+        1 / replicas. Summed over replicas they are the global values."""
         teacher_logits, student_logits = teacher_out["logits"], student_out["logits"]
-        return terms | {
+        discrepancy = self._discrepancy(teacher_logits, student_logits)
+        terms = {
+            "train/generator_loss": -discrepancy * tf.cast(share, discrepancy.dtype),
             # The disagreement the game is about, whatever the objective: near 0
             # means the game has collapsed.
             "train/generator_kl": losses.kl_divergence(
@@ -214,9 +218,54 @@ class AdversarialGame:
             "train/teacher_max_prob": _mean_max_prob(teacher_logits),
             "train/student_max_prob": _mean_max_prob(student_logits),
         }
+        for tag in (
+            "train/generator_kl",
+            "train/teacher_max_prob",
+            "train/student_max_prob",
+        ):
+            terms[tag] *= tf.cast(share, terms[tag].dtype)
+        fraction = distribution.replica_fraction()
+        weights = {
+            "train/bn_loss": self.config.bn_prior,
+            "train/balance_loss": self.config.balance_prior,
+        }
+        for tag, value in self._priors(teacher_out).items():
+            terms[tag] = value * fraction
+            terms["train/generator_loss"] += weights[tag] * terms[tag]
+        return terms
+
+    def generator_step(self, z) -> dict:
+        """One generator update on this replica's z (replica context)."""
+        variables = self.generator.trainable_variables
+        share = distribution.replica_share(tf.shape(z)[0])
+        with tf.GradientTape() as tape:
+            pseudo = self.generator(z, training=True)
+            # The teacher is frozen and in inference mode but inside the tape, so the
+            # gradient reaches the generator through it (the earlier port's .predict()
+            # cut this path). The student is in training mode (authors' code).
+            teacher_out = self.teacher(pseudo, training=False)
+            student_out = self.student(pseudo, training=True)
+            terms = self._generator_terms(teacher_out, student_out, share)
+            scaled = self.generator_optimizer.scale_loss(terms["train/generator_loss"])
+        grads = tape.gradient(scaled, variables)
+        self.generator_optimizer.apply(grads, variables)
+        return terms
+
+    def targets(self, z):
+        """The updated generator's images for the same z and the teacher's logits
+        and taps on them (replica context). The authors re-run the generator for
+        every student step; its output cannot change between those steps, so it is
+        computed once, and so are the teacher's outputs (no gradient from either)."""
+        pseudo = tf.stop_gradient(self.generator(z, training=True))
+        teacher_out = self.teacher(pseudo, training=False)
+        taps = [tf.stop_gradient(t) for t in _taps(teacher_out)]
+        return pseudo, tf.stop_gradient(teacher_out["logits"]), taps
 
     def student_step(self, pseudo, teacher_logits, teacher_taps):
+        """One student update (replica context); returns the global-batch parts of
+        (loss, KL, attention)."""
         variables = self.student.trainable_variables
+        share = distribution.replica_share(tf.shape(pseudo)[0])
         with tf.GradientTape() as tape:
             student_out = self.student(pseudo, training=True)
             logits = student_out["logits"]
@@ -229,11 +278,12 @@ class AdversarialGame:
                 if self.config.beta
                 else tf.zeros([], kl.dtype)
             )
-            loss = discrepancy + self.config.beta * attention
+            share = tf.cast(share, kl.dtype)
+            loss = (discrepancy + self.config.beta * attention) * share
             scaled = self.student_optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.student_optimizer.apply(grads, variables)
-        return loss, kl, attention
+        return loss, kl * share, attention * share
 
     def _set_learning_rates(self, iteration):
         # Both learning rates follow cosine annealing to 0 over the whole run, stepped
@@ -247,21 +297,20 @@ class AdversarialGame:
             optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
 
     def _iteration(self, z, iteration):
+        strategy = self.strategy
         self._set_learning_rates(iteration)
+        z = distribution.split_global_batch(strategy, z)
         for _ in range(self.config.generator_steps):  # n_g is 1 in the paper: unrolled
-            values = self.generator_step(z)
+            values = strategy.run(self._generator_step, args=(z,))
+        values = distribution.global_sum(values, strategy)
         # The student trains on the *updated* generator's images for the same z, as
-        # the authors' loop does. They re-run the generator for every student step;
-        # its output cannot change between those steps, so it is computed once here,
-        # and so are the teacher's logits and taps (no gradient needed from either).
-        pseudo = tf.stop_gradient(self.generator(z, training=True))
-        teacher_out = self.teacher(pseudo, training=False)
-        targets = tf.stop_gradient(teacher_out["logits"])
-        teacher_taps = [tf.stop_gradient(t) for t in _taps(teacher_out)]
+        # the authors' loop does.
+        pseudo, targets, taps = strategy.run(self.targets, args=(z,))
         loss = kl = attention = tf.zeros([], values["train/generator_kl"].dtype)
         # tf.range keeps this a loop in the graph rather than n_s unrolled copies.
         for _ in tf.range(self.config.student_steps):
-            loss, kl, attention = self.student_step(pseudo, targets, teacher_taps)
+            per_replica = strategy.run(self._student_step, args=(pseudo, targets, taps))
+            loss, kl, attention = distribution.global_sum(per_replica, strategy)
         return values | {
             "train/student_loss": loss,
             "train/kl": kl,
@@ -276,6 +325,7 @@ def make_iteration_fn(
     student_optimizer,
     generator_optimizer,
     config: GameConfig,
+    strategy=None,
 ):
     """The compiled outer iteration: n_g generator steps, then n_s student steps.
 
@@ -284,12 +334,20 @@ def make_iteration_fn(
         student, generator: the networks being trained.
         student_optimizer, generator_optimizer: built optimisers (see adam()).
         config: the method's settings (a GameConfig, e.g. a DistillConfig).
+        strategy: the tf.distribute strategy the networks were built under; default:
+            the current context's.
 
     Returns:
         A function (z, iteration) -> {metric tag: scalar}; iteration is the 0-based
         outer iteration that sets both learning rates.
     """
     game = AdversarialGame(
-        teacher, student, generator, student_optimizer, generator_optimizer, config
+        teacher,
+        student,
+        generator,
+        student_optimizer,
+        generator_optimizer,
+        config,
+        strategy,
     )
     return game.iteration

@@ -74,10 +74,18 @@ def checkpoint_manager(
     return checkpoint, manager
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, manager) -> bool:
-    """Restores the newest checkpoint if there is one; returns whether it did."""
-    if manager.latest_checkpoint is None:
+def restore_latest(
+    checkpoint: tf.train.Checkpoint, output_dir: str | pathlib.Path
+) -> bool:
+    """Restores the newest checkpoint of output_dir, if any; returns whether it did.
+
+    Checkpoints hold one copy of each variable, so a run saved under one
+    tf.distribute strategy resumes under another (e.g. TPU -> CPU)."""
+    latest = tf.train.latest_checkpoint(
+        str(pathlib.Path(output_dir) / CHECKPOINT_SUBDIR)
+    )
+    if latest is None:
         return False
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("resumed from %s", manager.latest_checkpoint)
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info("resumed from %s", latest)
     return True

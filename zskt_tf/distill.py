@@ -14,6 +14,7 @@ from absl import logging
 from zskt_tf import (
     adversarial,
     datasets,
+    distribution,
     evaluation,
     model_io,
     plots,
@@ -23,7 +24,11 @@ from zskt_tf import (
 )
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
-from zskt_tf.training import mixed_precision_scope, positive
+from zskt_tf.training import (
+    check_accelerator_options,
+    mixed_precision_scope,
+    positive,
+)
 from zskt_tf.wide_resnet import check_architecture, check_taps_match, wide_resnet
 
 # Keys that may differ between a run and its resumption without changing the result.
@@ -94,19 +99,21 @@ class DistillConfig(adversarial.GameConfig):
 
 
 def check_inputs(
-    config: DistillConfig, data: datasets.ImageData | None = None
+    config: DistillConfig, data: datasets.ImageData | None = None, strategy=None
 ) -> tuple[dict, datasets.ImageData, keras.Model]:
     """Checks everything a run needs before anything is written.
 
     Returns:
         (the teacher's record, the evaluation data (loaded if not given), the frozen
-        teacher, built under the run's precision policy).
+        teacher, built under the run's precision policy in the strategy's scope).
 
     Raises:
         UserError: bad configuration, a missing or misfitting teacher, a student
             whose taps cannot match, or a dataset that does not fit the teacher.
     """
     config.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    check_accelerator_options(config.jit, config.mixed_precision, strategy)
     record = model_io.teacher_record(config.teacher)
     teacher_info = datasets.DatasetInfo.from_json(record["dataset_info"])
     dataset = config.dataset or record["dataset"]
@@ -123,7 +130,7 @@ def check_inputs(
             f"dataset {dataset} has images {data.info.image_shape} but the teacher "
             f"takes {teacher_info.image_shape}"
         )
-    with mixed_precision_scope(config.mixed_precision):
+    with strategy.scope(), mixed_precision_scope(config.mixed_precision):
         teacher = model_io.load_teacher(config.teacher)  # weights must fit the config
     if config.beta:
         student = wide_resnet(
@@ -170,10 +177,12 @@ class EarlyCollapseCheck:
         return (
             f"early check, iterations {first + 1}-{last}: KL(teacher || student) "
             f"{kl:.4f} and teacher max prob {teacher_max_prob:.3f} on the pseudo "
-            "images. The adversarial game has collapsed: the generator finds no "
-            "images on which the student disagrees with this teacher. Try "
-            "--adversarial_loss=l1 or --bn_prior=1 (README, 'Beyond the paper'), "
-            "another --seeds value, or a teacher trained longer."
+            "images: the adversarial game has collapsed (the generator finds no "
+            "images on which the student disagrees with this teacher). This "
+            "teacher looks collapse-prone; the game may still recover, but if the "
+            "evaluations stay near 0, rerun with --bn_prior=1 or "
+            "--adversarial_loss=l1 (README, 'Beyond the paper'), or use a teacher "
+            "trained longer or with --label_smoothing=0.1."
         )
 
 
@@ -183,36 +192,19 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     loss_tags = ("train/generator_loss", "train/student_loss")
 
-    def __init__(self, config: DistillConfig, record: dict, data, teacher):
-        self.config, self.record, self.data, self.teacher = (
-            config,
-            record,
-            data,
-            teacher,
-        )
+    def __init__(
+        self, config: DistillConfig, record: dict, data, teacher, strategy=None
+    ):
+        self.config, self.record, self.data = config, record, data
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = distribution.is_chief(self.strategy)
         self.info = datasets.DatasetInfo.from_json(record["dataset_info"])
         self.output_dir = pathlib.Path(config.output_dir)
-        # The seed alone fixes the initial student and generator (the teacher is
-        # loaded already, so it draws nothing from the seeded generators).
-        keras.utils.set_random_seed(config.seed)
-        with mixed_precision_scope(config.mixed_precision):
-            self.student = wide_resnet(
-                config.student_depth,
-                config.student_width,
-                self.info.num_classes,
-                self.info.image_shape,
-                name="student",
-            )
-            self.generator = build_generator(config.z_dim, self.info.image_shape)
-        self.student_optimizer, self.generator_optimizer = (
-            adversarial.adam(lr, config.grad_clip, config.mixed_precision)
-            for lr in (config.student_lr, config.generator_lr)
-        )
-        self.student_optimizer.build(self.student.trainable_variables)
-        self.generator_optimizer.build(self.generator.trainable_variables)
+        self._build_networks()
+        # Noise for the global batch, on the host: the same z whatever the replicas.
         self.noise = tf.random.Generator.from_seed(config.seed)
         self.sample_z = tf.random.Generator.from_seed(10_000 + config.seed).normal(
-            [64, config.z_dim]
+            [64, config.z_dim], dtype=self.generator.inputs[0].dtype
         )
         self.iteration_fn = adversarial.make_iteration_fn(
             teacher,
@@ -221,11 +213,19 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.student_optimizer,
             self.generator_optimizer,
             config,
+            self.strategy,
         )
-        self.predict = evaluation.make_predict_fn(self.student)
-        self.teacher_accuracy = self._accuracy(
-            teacher, evaluation.make_predict_fn(teacher)
+        self.student_accuracy, teacher_accuracy = (
+            evaluation.Accuracy(
+                model,
+                data.test_images,
+                data.test_labels,
+                self.info,
+                strategy=self.strategy,
+            )
+            for model in (self.student, teacher)
         )
+        self.teacher_accuracy = teacher_accuracy()
         self.early_check = EarlyCollapseCheck()
         logging.info(
             "teacher WRN-%d-%d: test accuracy %.4f here, %s recorded",
@@ -235,14 +235,32 @@ class ZeroShotTrainer(run_loop.Trainer):
             record.get("recorded_accuracy"),
         )
 
-    def _accuracy(self, model, predict_fn) -> float:
-        return evaluation.accuracy(
-            model,
-            self.data.test_images,
-            self.data.test_labels,
-            self.info,
-            predict_fn=predict_fn,
-        )
+    def _build_networks(self) -> None:
+        """The student, the generator and their optimisers, in the strategy's scope;
+        BatchNorm synchronized over replicas when there are several."""
+        config = self.config
+        # The seed alone fixes the initial student and generator (the teacher is
+        # loaded already, so it draws nothing from the seeded generators).
+        keras.utils.set_random_seed(config.seed)
+        synchronized = distribution.replicas(self.strategy) > 1
+        with self.strategy.scope(), mixed_precision_scope(config.mixed_precision):
+            self.student = wide_resnet(
+                config.student_depth,
+                config.student_width,
+                self.info.num_classes,
+                self.info.image_shape,
+                name="student",
+                synchronized=synchronized,
+            )
+            self.generator = build_generator(
+                config.z_dim, self.info.image_shape, synchronized=synchronized
+            )
+            self.student_optimizer, self.generator_optimizer = (
+                adversarial.adam(lr, config.grad_clip, config.mixed_precision)
+                for lr in (config.student_lr, config.generator_lr)
+            )
+            self.student_optimizer.build(self.student.trainable_variables)
+            self.generator_optimizer.build(self.generator.trainable_variables)
 
     def checkpointables(self) -> dict:
         return dict(
@@ -256,7 +274,10 @@ class ZeroShotTrainer(run_loop.Trainer):
     def batches(self, step: int, end: int):
         # Drawn lazily, so the checkpointed noise state matches the steps taken.
         for _ in range(end - step):
-            yield self.noise.normal([self.config.batch_size, self.config.z_dim])
+            yield self.noise.normal(
+                [self.config.batch_size, self.config.z_dim],
+                dtype=self.generator.inputs[0].dtype,
+            )
 
     def train_step(self, batch, step: int) -> dict:
         values = self.iteration_fn(batch, tf.constant(step, tf.int64))
@@ -267,7 +288,7 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     def evaluate(self, step: int) -> dict:
         del step
-        return {"test_accuracy": self._accuracy(self.student, self.predict)}
+        return {"test_accuracy": self.student_accuracy()}
 
     def log_scalars(self, step: int) -> dict:
         schedule = self.config.resolved_schedule()
@@ -310,15 +331,22 @@ class ZeroShotTrainer(run_loop.Trainer):
             )
 
     def pseudo_samples(self):
-        images = self.generator(self.sample_z, training=True).numpy()
-        return plots.to_display(images, self.info.mean, self.info.std)
+        """The generator's images for the fixed sample noise, as in training (batch
+        statistics, split over the replicas like a training batch)."""
+        images = distribution.run_on_global_batch(
+            self.strategy, lambda z: self.generator(z, training=True), self.sample_z
+        )
+        return plots.to_display(np.asarray(images), self.info.mean, self.info.std)
 
     def write_outputs(self, history: list[dict]) -> None:
         """The student and generator as they are now, and the PNGs: at the end, and
         at every stop, so that a run worked in chunks can be used between them."""
+        samples = self.pseudo_samples()  # collective: every process takes part
+        if not self.chief:
+            return
         self.student.save_weights(self.output_dir / model_io.STUDENT_WEIGHTS)
         self.generator.save_weights(self.output_dir / model_io.GENERATOR_WEIGHTS)
-        plots.save_image_grid(self.pseudo_samples(), self.output_dir / "samples.png")
+        plots.save_image_grid(samples, self.output_dir / "samples.png")
         plots.save_curves(
             history,
             self.output_dir / "accuracy.png",
@@ -346,9 +374,15 @@ class ZeroShotTrainer(run_loop.Trainer):
 
 
 def distill_one_seed(
-    config: DistillConfig, data: datasets.ImageData | None = None
+    config: DistillConfig, data: datasets.ImageData | None = None, strategy=None
 ) -> dict:
     """Runs (or resumes) one zero-shot run in config.output_dir.
+
+    Args:
+        config: the run.
+        data: the evaluation data, if already loaded.
+        strategy: a tf.distribute strategy (e.g. a TPUStrategy from a notebook);
+            default: the current context's.
 
     Returns:
         The results dict also written to results.json.
@@ -357,11 +391,13 @@ def distill_one_seed(
         UserError: bad configuration or teacher, before any training.
         checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
     """
-    return _distill_one_seed(config, *check_inputs(config, data))
+    strategy = strategy or tf.distribute.get_strategy()
+    inputs = check_inputs(config, data, strategy)
+    return _distill_one_seed(config, *inputs, strategy)
 
 
 def _distill_one_seed(
-    config: DistillConfig, record: dict, data: datasets.ImageData, teacher
+    config: DistillConfig, record: dict, data: datasets.ImageData, teacher, strategy
 ) -> dict:
     """distill_one_seed on inputs check_inputs has already checked and loaded."""
     info = datasets.DatasetInfo.from_json(record["dataset_info"])
@@ -379,8 +415,9 @@ def _distill_one_seed(
             "width": config.student_width,
         },
         ignore=RUN_CONTROL_KEYS,
+        write=distribution.is_chief(strategy),
     )
-    trainer = ZeroShotTrainer(config, record, data, teacher)
+    trainer = ZeroShotTrainer(config, record, data, teacher, strategy)
     settings = run_loop.LoopSettings(
         output_dir=config.output_dir,
         total_steps=config.total_iterations,
@@ -392,14 +429,17 @@ def _distill_one_seed(
         progress_label="iteration",
         evaluate_at_start=True,
     )
-    return run_loop.run(trainer, settings, config.metric_tags())
+    return run_loop.run(trainer, settings, config.metric_tags(), strategy)
 
 
-def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
+def distill(
+    config: DistillConfig, seeds: tuple[int, ...] = (0,), strategy=None
+) -> dict:
     """Runs one zero-shot run per seed in output_dir/seed_<s>, then summarises.
 
     The paper reports the final accuracy as mean +- population std over seeds 0, 1, 2
     (section 3). Rerunning the same call resumes whichever seed was interrupted.
+    strategy: a tf.distribute strategy (default: the current context's).
 
     Returns:
         {"seeds": {...}, "test_accuracy_mean": ..., "test_accuracy_std": ...}, also
@@ -407,13 +447,18 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
     """
     if not seeds:
         raise UserError("give at least one seed")
-    record, data, teacher = check_inputs(config)  # before output_dir is created
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribution.is_chief(strategy)
+    # Everything is checked before output_dir is created.
+    record, data, teacher = check_inputs(config, strategy=strategy)
     output_dir = pathlib.Path(config.output_dir)
     summary_config = dataclasses.asdict(config) | {
         "seeds": list(seeds),
         "kind": "zero_shot_seeds",
     }
-    runs.prepare_output_dir(output_dir, summary_config, ignore=RUN_CONTROL_KEYS)
+    runs.prepare_output_dir(
+        output_dir, summary_config, ignore=RUN_CONTROL_KEYS, write=chief
+    )
     per_seed = {}
     for seed in seeds:
         seed_config = dataclasses.replace(
@@ -423,7 +468,7 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
         if done.is_file():
             per_seed[seed] = runs.read_json(done)
             continue
-        per_seed[seed] = _distill_one_seed(seed_config, record, data, teacher)
+        per_seed[seed] = _distill_one_seed(seed_config, record, data, teacher, strategy)
     finals = np.array([per_seed[s]["test_accuracy"] for s in seeds])
     summary = {
         "seeds": {str(s): per_seed[s]["test_accuracy"] for s in seeds},
@@ -431,5 +476,6 @@ def distill(config: DistillConfig, seeds: tuple[int, ...] = (0,)) -> dict:
         "test_accuracy_std": float(finals.std()),  # population std, as the paper
         "teacher_test_accuracy": per_seed[seeds[0]]["teacher_test_accuracy"],
     }
-    runs.write_json(output_dir / runs.RESULTS_FILE, summary)
+    if chief:
+        runs.write_json(output_dir / runs.RESULTS_FILE, summary)
     return summary

@@ -8,9 +8,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from zskt_tf import datasets, losses, model_io, runs, supervised
+from zskt_tf import datasets, distribution, losses, model_io, runs, supervised
 from zskt_tf.errors import UserError
-from zskt_tf.training import mixed_precision_scope, positive
+from zskt_tf.training import (
+    check_accelerator_options,
+    mixed_precision_scope,
+    positive,
+)
 from zskt_tf.wide_resnet import TAPS, check_architecture, check_taps_match, wide_resnet
 
 RUN_CONTROL_KEYS = (
@@ -84,33 +88,22 @@ def kd_at_loss_fn(teacher, alpha: float, temperature: float, beta: float):
     return loss_fn
 
 
-def train_fewshot(
-    config: FewShotConfig, data: datasets.ImageData | None = None
-) -> dict:
-    """Trains (or resumes) a few-shot student; returns the results dict.
+def _networks(config: FewShotConfig, info, strategy):
+    """The student (initialised from --init_student if given) and the frozen
+    teacher (or None), built in the strategy's scope and checked against the data.
 
     Raises:
-        UserError: M larger than a class, mismatched class counts, bad config.
-        checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
+        UserError: a teacher or initial student that does not fit.
     """
-    config.validate()
-    data = data or datasets.load_dataset(
-        config.dataset, config.data_dir, config.cache_dir
-    )
-    if len(data.train_images) == 0:
-        raise UserError(f"dataset {config.dataset} has no training split")
-    images, labels = datasets.few_shot_subset(
-        data.train_images, data.train_labels, config.m_per_class, config.seed
-    )
-    info = data.info
     keras.utils.set_random_seed(config.seed)
-    with mixed_precision_scope(config.mixed_precision):
+    with strategy.scope(), mixed_precision_scope(config.mixed_precision):
         student = wide_resnet(
             config.student_depth,
             config.student_width,
             info.num_classes,
             info.image_shape,
             name="student",
+            synchronized=distribution.replicas(strategy) > 1,
         )
         teacher = model_io.load_teacher(config.teacher) if config.teacher else None
     if teacher is not None:
@@ -136,7 +129,33 @@ def train_fewshot(
                 f"{config.student_depth}-{config.student_width}"
             )
         model_io.load_weights_checked(student, weights, "initial student")
+    return student, teacher
 
+
+def train_fewshot(
+    config: FewShotConfig, data: datasets.ImageData | None = None, strategy=None
+) -> dict:
+    """Trains (or resumes) a few-shot student; returns the results dict.
+
+    strategy: a tf.distribute strategy (default: the current context's).
+
+    Raises:
+        UserError: M larger than a class, mismatched class counts, bad config.
+        checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
+    """
+    config.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    check_accelerator_options(config.jit, config.mixed_precision, strategy)
+    data = data or datasets.load_dataset(
+        config.dataset, config.data_dir, config.cache_dir
+    )
+    if len(data.train_images) == 0:
+        raise UserError(f"dataset {config.dataset} has no training split")
+    images, labels = datasets.few_shot_subset(
+        data.train_images, data.train_labels, config.m_per_class, config.seed
+    )
+    info = data.info
+    student, teacher = _networks(config, info, strategy)
     steps_per_full_epoch = -(-len(data.train_images) // config.batch_size)
     total_steps = config.reference_epochs * steps_per_full_epoch
     record = dataclasses.asdict(config) | {
@@ -150,11 +169,9 @@ def train_fewshot(
         "total_steps": total_steps,
         "method": "kd_at" if teacher is not None else "no_teacher",
     }
-    runs.prepare_output_dir(config.output_dir, record, ignore=RUN_CONTROL_KEYS)
-    loss_fn = (
-        kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
-        if teacher is not None
-        else supervised.cross_entropy
+    chief = distribution.is_chief(strategy)
+    runs.prepare_output_dir(
+        config.output_dir, record, ignore=RUN_CONTROL_KEYS, write=chief
     )
     results = supervised.train_supervised(
         model=student,
@@ -167,17 +184,23 @@ def train_fewshot(
         total_steps=total_steps,
         eval_every=config.eval_every or max(1, total_steps // 100),
         weights_name=model_io.STUDENT_WEIGHTS,
-        loss_fn=loss_fn,
+        loss_fn=(
+            kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
+            if teacher is not None
+            else supervised.cross_entropy
+        ),
         mixed_precision=config.mixed_precision,
         jit=config.jit,
         stop_at=config.stop_at,
         log_every=config.log_every,
         label="few-shot step",
+        strategy=strategy,
     )
     results |= {
         "m_per_class": config.m_per_class,
         "subset_size": len(images),
         "method": record["method"],
     }
-    runs.write_json(f"{config.output_dir}/{runs.RESULTS_FILE}", results)
+    if chief:
+        runs.write_json(f"{config.output_dir}/{runs.RESULTS_FILE}", results)
     return results

@@ -31,6 +31,7 @@ def generator(
     z_dim: int = 100,
     image_shape: tuple[int, int, int] = (32, 32, 3),
     name: str = "generator",
+    synchronized: bool = False,
 ) -> keras.Model:
     """Builds the authors' generator (reference section 1).
 
@@ -46,6 +47,8 @@ def generator(
         z_dim: size of the Gaussian noise vector.
         image_shape: (height, width, channels); height and width divisible by 4.
         name: model name.
+        synchronized: BatchNorm uses the global batch's statistics across replicas
+            (under tf.distribute with more than one replica).
 
     Returns:
         A functional keras.Model mapping (B, z_dim) noise to (B, H, W, C) images.
@@ -62,7 +65,7 @@ def generator(
         128 * (height // 4) * (width // 4), name="project", **_torch_default_init(z_dim)
     )(z)
     x = keras.layers.Reshape((height // 4, width // 4, 128), name="reshape")(x)
-    x = BatchNorm(name="project_bn")(x)
+    x = BatchNorm(name="project_bn", synchronized=synchronized)(x)
     for index, filters in enumerate((128, 64), start=1):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{index}")(x)
         x = keras.layers.Conv2D(
@@ -72,7 +75,7 @@ def generator(
             name=f"conv{index}",
             **_torch_default_init(9 * x.shape[-1]),
         )(x)
-        x = BatchNorm(name=f"conv{index}_bn")(x)
+        x = BatchNorm(name=f"conv{index}_bn", synchronized=synchronized)(x)
         x = keras.layers.LeakyReLU(
             negative_slope=LEAKY_RELU_SLOPE, name=f"lrelu{index}"
         )(x)
@@ -85,5 +88,7 @@ def generator(
     )(x)
     # The output BN keeps its affine scale and shift; float32 under mixed precision
     # so pseudo images match normalised real data in precision.
-    images = BatchNorm(name="image_bn", dtype=output_dtype())(x)
+    images = BatchNorm(
+        name="image_bn", dtype=output_dtype(), synchronized=synchronized
+    )(x)
     return keras.Model(z, images, name=name)

@@ -3,7 +3,7 @@ generator objectives of later data-free methods (section 9)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -136,10 +136,15 @@ def logit_l1_distance(
     return tf.reduce_mean(tf.abs(difference))
 
 
+def _identity(value):
+    return value
+
+
 def batch_norm_statistics_loss(
     bn_inputs: Sequence[tf.Tensor],
     moving_means: Sequence[tf.Tensor],
     moving_variances: Sequence[tf.Tensor],
+    sum_over_replicas: Callable = _identity,
 ) -> tf.Tensor:
     """DeepInversion's feature regulariser, as used by DFQ, CMI and Fast (section 9).
 
@@ -150,6 +155,8 @@ def batch_norm_statistics_loss(
     Args:
         bn_inputs: the input of each BatchNorm layer, (B, ..., C).
         moving_means, moving_variances: each layer's running statistics, (C,).
+        sum_over_replicas: sums a tensor over replicas, so that the statistics are
+            the global batch's under tf.distribute (identity on one device).
     """
     total = []
     for inputs, mean, variance in zip(
@@ -157,20 +164,26 @@ def batch_norm_statistics_loss(
     ):
         inputs = at_least_float32(inputs)
         axes = list(range(len(inputs.shape) - 1))
-        batch_mean, batch_variance = tf.nn.moments(inputs, axes)
+        count = sum_over_replicas(tf.cast(tf.size(inputs[..., 0]), inputs.dtype))
+        batch_mean = sum_over_replicas(tf.reduce_sum(inputs, axes)) / count
+        squares = tf.reduce_sum(tf.square(inputs - batch_mean), axes)
+        batch_variance = sum_over_replicas(squares) / count
         total.append(tf.norm(batch_variance - tf.cast(variance, inputs.dtype)))
         total.append(tf.norm(batch_mean - tf.cast(mean, inputs.dtype)))
     return tf.add_n(total)
 
 
-def class_balance_loss(teacher_logits: tf.Tensor) -> tf.Tensor:
+def class_balance_loss(
+    teacher_logits: tf.Tensor, sum_over_replicas: Callable = _identity
+) -> tf.Tensor:
     """Negative entropy of the batch-mean teacher prediction, sum_k p_k log p_k
     (DAFL's and DFQ's information-entropy term, natural log; section 9).
 
     Minimised by the generator, it is lowest (-log K) when the batch covers the K
-    classes evenly, so the generator cannot settle on one class.
+    classes evenly, so the generator cannot settle on one class. sum_over_replicas
+    makes the mean the global batch's under tf.distribute.
     """
-    mean_prediction = tf.reduce_mean(
-        tf.nn.softmax(at_least_float32(teacher_logits)), axis=0
-    )
+    probabilities = tf.nn.softmax(at_least_float32(teacher_logits))
+    count = sum_over_replicas(tf.cast(tf.shape(probabilities)[0], probabilities.dtype))
+    mean_prediction = sum_over_replicas(tf.reduce_sum(probabilities, axis=0)) / count
     return tf.reduce_sum(tf.math.xlogy(mean_prediction, mean_prediction))

@@ -1,4 +1,5 @@
-"""Adam and SGD with PyTorch's update rules, which the authors' results come from.
+"""Adam and SGD with PyTorch's update rules, which the authors' results come from,
+and with gradients summed over replicas *before* clipping.
 
 Keras' Adam adds epsilon to sqrt(v) *after* folding the bias correction into the step
 size, so its effective epsilon is PyTorch's times sqrt(1 - beta_2^t): about 30 times
@@ -7,15 +8,38 @@ show (docs/RESULTS.md, "Parity with the authors' loop"). Keras' SGD keeps an
 lr-scaled velocity, PyTorch a raw gradient buffer scaled by the current lr, so the two
 differ after every learning-rate change. Both classes keep Keras' variables and
 checkpoint layout and change only the arithmetic of the update.
+
+Under tf.distribute, Keras clips each replica's own gradient and only then sums the
+replicas'. Here the replicas' gradients are summed first, so that clipping (and
+PyTorch's weight decay) act on the global batch's gradient, as on one device. Each
+replica's loss must then be its share of the global-batch mean (see
+zskt_tf.distribution): the sum is the global batch's gradient.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
-class TorchAdam(keras.optimizers.Adam):
+class _GlobalBatchGradients:
+    """Mixin: all-reduce (sum) the replicas' gradients before clipping, not after."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)  # already summed in _clip_gradients
+
+    def _clip_gradients(self, grads):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return self._clip_global_batch_gradients(grads)
+
+    def _clip_global_batch_gradients(self, grads):
+        return super()._clip_gradients(grads)
+
+
+class TorchAdam(_GlobalBatchGradients, keras.optimizers.Adam):
     """Adam as torch.optim.Adam computes it (amsgrad and weight decay unsupported):
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
@@ -30,11 +54,11 @@ class TorchAdam(keras.optimizers.Adam):
             raise ValueError("TorchAdam supports neither amsgrad nor weight_decay")
         super().__init__(learning_rate=learning_rate, epsilon=epsilon, **kwargs)
 
-    def _clip_gradients(self, grads):
+    def _clip_global_batch_gradients(self, grads):
         """global_clipnorm as torch.nn.utils.clip_grad_norm_: scale by
         max_norm / (norm + 1e-6) when that is below 1."""
         if not self.global_clipnorm:
-            return super()._clip_gradients(grads)
+            return super()._clip_global_batch_gradients(grads)
         norm = ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(g)) for g in grads])))
         scale = ops.minimum(1.0, self.global_clipnorm / (norm + 1e-6))
         return [ops.multiply(g, ops.cast(scale, g.dtype)) for g in grads]
@@ -69,21 +93,38 @@ class TorchAdam(keras.optimizers.Adam):
         )
 
 
-class TorchSGD(keras.optimizers.SGD):
+class TorchSGD(_GlobalBatchGradients, keras.optimizers.SGD):
     """SGD with momentum as torch.optim.SGD computes it (no dampening, no Nesterov):
 
-    b <- momentum * b + g  (b = g on the first step);  w <- w - lr * b
+    g <- g + weight_decay * w;  b <- momentum * b + g (b = g first);  w <- w - lr * b
+
+    weight_decay is PyTorch's (L2 added to the gradient, on every parameter, as in
+    the authors' teacher recipe), not Keras' decoupled decay.
     """
 
-    def __init__(self, learning_rate=0.01, momentum: float = 0.0, **kwargs):
-        if kwargs.get("nesterov"):
-            raise ValueError("TorchSGD does not support nesterov")
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum: float = 0.0,
+        torch_weight_decay: float = 0.0,
+        **kwargs,
+    ):
+        if kwargs.get("nesterov") or kwargs.get("weight_decay"):
+            raise ValueError(
+                "TorchSGD supports neither nesterov nor Keras' weight_decay; use "
+                "torch_weight_decay"
+            )
         super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        self.torch_weight_decay = torch_weight_decay
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)
+        if self.torch_weight_decay:
+            gradient = ops.add(
+                gradient, ops.multiply(variable, self.torch_weight_decay)
+            )
         if not self.momentum:
             self.assign_sub(variable, ops.multiply(gradient, lr))
             return

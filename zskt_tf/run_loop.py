@@ -13,6 +13,11 @@ compiled step and its outputs; run() owns the clock and everything around it:
   current outputs and raise checkpoints.Interrupted; a non-finite loss raises a
   one-line UserError and keeps the last good checkpoint;
 - results.json at the end: the trainer's results plus wall time and speed.
+
+Under tf.distribute every process runs the loop (evaluations and checkpoint saves
+are collective); only the chief writes history, logs, results and checkpoints that
+are kept (zskt_tf.distribution.is_chief), and every process resumes from the run
+directory's checkpoint, whatever strategy wrote it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zskt_tf import checkpoints, runs
+from zskt_tf import checkpoints, distribution, runs
 from zskt_tf.errors import UserError
 from zskt_tf.progress import Progress
 
@@ -131,21 +136,24 @@ class _Metrics:
 class _Run:
     """State of one run() call; its methods are the loop's phases."""
 
-    def __init__(self, trainer: Trainer, settings: LoopSettings, tags: Iterable[str]):
+    def __init__(
+        self, trainer: Trainer, settings: LoopSettings, tags: Iterable[str], strategy
+    ):
         self.trainer, self.settings = trainer, settings
         self.output_dir = pathlib.Path(settings.output_dir)
+        self.chief = distribution.is_chief(strategy)
         self.step = tf.Variable(0, dtype=tf.int64, name=settings.step_name)
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed_seconds")
         self.log_window, self.eval_window = _Metrics(tags), _Metrics(tags)
         self.checkpoint, self.manager = checkpoints.checkpoint_manager(
-            self.output_dir,
+            distribution.checkpoint_dir(strategy, self.output_dir),
             **trainer.checkpointables(),
             **{settings.step_name: self.step},
             elapsed=self.elapsed,
             log_metrics=self.log_window.variables(),
             eval_metrics=self.eval_window.variables(),
         )
-        checkpoints.restore_latest(self.checkpoint, self.manager)
+        checkpoints.restore_latest(self.checkpoint, self.output_dir)
         self.history = self._load_history()
         self.session_start = time.perf_counter()
         self.start_elapsed = float(self.elapsed)
@@ -257,13 +265,17 @@ class _Run:
         }
 
 
-def run(trainer: Trainer, settings: LoopSettings, tags: Iterable[str]) -> dict:
+def run(
+    trainer: Trainer, settings: LoopSettings, tags: Iterable[str], strategy=None
+) -> dict:
     """Runs (or resumes) trainer in settings.output_dir until total_steps.
 
     Args:
         trainer: the method: its objects, batches, step, evaluation and outputs.
         settings: the run's length and intervals.
         tags: the metric tags train_step returns.
+        strategy: the tf.distribute strategy the trainer runs under (it decides
+            which process writes); default: the current context's.
 
     Returns:
         The results dict also written to results.json: the trainer's fields, the
@@ -274,8 +286,13 @@ def run(trainer: Trainer, settings: LoopSettings, tags: Iterable[str]) -> dict:
         checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
         UserError: a non-finite loss (the last good checkpoint is kept).
     """
-    loop = _Run(trainer, settings, tags)
-    writer = tf.summary.create_file_writer(str(loop.output_dir / "logs"))
+    strategy = strategy or tf.distribute.get_strategy()
+    loop = _Run(trainer, settings, tags, strategy)
+    writer = (
+        tf.summary.create_file_writer(str(loop.output_dir / "logs"))
+        if loop.chief
+        else tf.summary.create_noop_writer()
+    )
     with checkpoints.InterruptGuard() as guard, writer.as_default():
         if settings.evaluate_at_start and not loop.history:
             loop.record(0, {})  # the untrained network; a resumed run keeps it
@@ -288,5 +305,6 @@ def run(trainer: Trainer, settings: LoopSettings, tags: Iterable[str]) -> dict:
         **timing,
         "history": loop.history,
     }
-    runs.write_json(loop.output_dir / runs.RESULTS_FILE, results)
+    if loop.chief:
+        runs.write_json(loop.output_dir / runs.RESULTS_FILE, results)
     return results

@@ -47,6 +47,7 @@ def prepare_output_dir(
     output_dir: str | pathlib.Path,
     config: dict,
     ignore: Iterable[str] = (),
+    write: bool = True,
 ) -> bool:
     """Creates output_dir with config.json, or checks it holds the same run.
 
@@ -55,6 +56,8 @@ def prepare_output_dir(
         config: the run's configuration (JSON-serialisable).
         ignore: keys that may differ between a run and its resumption (paths, how
             often to log, where to stop), so they do not make it a different run.
+        write: create the directory and config.json (False: only check; the
+            non-chief processes of a multi-worker run).
 
     Returns:
         True if the directory already held this run (so it resumes).
@@ -85,5 +88,6 @@ def prepare_output_dir(
             f"{output_dir} is not empty and has no {CONFIG_FILE}; choose a new "
             "--output_dir"
         )
-    write_json(config_path, config)
+    if write:
+        write_json(config_path, config)
     return False

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from zskt_tf import evaluation, pipelines, run_loop
+from zskt_tf import distribution, evaluation, losses, pipelines, run_loop
 from zskt_tf.errors import UserError
 from zskt_tf.optimizers import TorchSGD
 from zskt_tf.schedules import cosine, one_cycle, step_decay
@@ -55,45 +55,74 @@ def cross_entropy(images, labels, outputs):
     del images
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=tf.cast(outputs["logits"], tf.float32)
+            labels=labels, logits=losses.at_least_float32(outputs["logits"])
         )
     )
 
 
-def make_train_step(
-    model, optimizer, weight_decay: float, jit: bool, loss_fn=cross_entropy
-):
-    """A compiled SGD step: (images, labels, lr) -> (loss, number correct).
+def smoothed_cross_entropy(label_smoothing: float):
+    """loss_fn: cross entropy against (1 - s) one-hot + s / classes (Szegedy et al.,
+    2016); s = 0 is plain cross entropy. Not in the paper: an option for teachers
+    whose confidence the zero-shot game should not saturate (docs/RESULTS.md)."""
+    if not label_smoothing:
+        return cross_entropy
 
-    loss_fn(images, labels, outputs) gives the loss from the model's output dict.
+    def loss_fn(images, labels, outputs):
+        del images
+        logits = losses.at_least_float32(outputs["logits"])
+        classes = logits.shape[-1]
+        targets = tf.one_hot(labels, classes, dtype=logits.dtype)
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / classes
+        return tf.reduce_mean(
+            tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        )
+
+    return loss_fn
+
+
+def make_train_step(model, optimizer, jit: bool, loss_fn=cross_entropy, strategy=None):
+    """A compiled SGD step: (images, labels, lr) -> (loss, accuracy) of the batch.
+
+    loss_fn(images, labels, outputs) gives the loss from the model's output dict, a
+    mean over the batch. Under a tf.distribute strategy, images and labels are a
+    distributed batch and both results are the global batch's; the model and the
+    optimizer must have been built in the strategy's scope.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     variables = model.trainable_variables
+
+    def replica_step(images, labels):
+        share = distribution.replica_share(tf.shape(labels)[0])
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            loss = loss_fn(images, labels, outputs)
+            loss *= tf.cast(share, loss.dtype)  # this replica's part of the mean
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        # Weight decay is the optimizer's (PyTorch's L2 on the summed gradient).
+        optimizer.apply(grads, variables)
+        hits = tf.cast(tf.argmax(outputs["logits"], -1) == labels, tf.float32)
+        return loss, tf.reduce_mean(hits) * share
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def train_step(images, labels, learning_rate):
         optimizer.learning_rate.assign(learning_rate)
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True)
-            loss = loss_fn(images, labels, outputs)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        # PyTorch SGD weight decay: L2 added to the gradient, on every parameter,
-        # as in the authors' optimiser (section 4).
-        grads = [
-            g + weight_decay * tf.cast(v, g.dtype)
-            for g, v in zip(grads, variables, strict=True)
-        ]
-        optimizer.apply(grads, variables)
-        predictions = tf.argmax(outputs["logits"], -1)
-        return loss, tf.reduce_sum(tf.cast(predictions == labels, tf.int32))
+        per_replica = strategy.run(replica_step, args=(images, labels))
+        return distribution.global_sum(per_replica, strategy)
 
     return train_step
 
 
 def sgd_optimizer(recipe: SGDRecipe, model, mixed_precision: bool):
-    # PyTorch's momentum buffer (Keras' own SGD would keep an lr-scaled velocity that
-    # lags behind every lr drop of the step schedule).
-    optimizer = TorchSGD(learning_rate=recipe.lr, momentum=recipe.momentum)
+    """The authors' SGD: PyTorch's momentum buffer (Keras' own SGD would keep an
+    lr-scaled velocity that lags behind every lr drop of the step schedule) and
+    PyTorch's weight decay, L2 added to the gradient of every parameter (section
+    4). Build it in the strategy's scope when distributing."""
+    optimizer = TorchSGD(
+        learning_rate=recipe.lr,
+        momentum=recipe.momentum,
+        torch_weight_decay=recipe.weight_decay,
+    )
     if mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
@@ -121,16 +150,24 @@ class SGDTrainer(run_loop.Trainer):
         loss_fn=cross_entropy,
         mixed_precision: bool = False,
         jit: bool = False,
+        strategy=None,
     ):
         self.model, self.data, self.recipe, self.seed = model, data, recipe, seed
         self.train_images, self.train_labels = train_images, train_labels
         self.total_steps, self.output_dir = total_steps, output_dir
         self.weights_name = weights_name
-        self.optimizer = sgd_optimizer(recipe, model, mixed_precision)
-        self.step_fn = make_train_step(
-            model, self.optimizer, recipe.weight_decay, jit, loss_fn
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.optimizer = sgd_optimizer(recipe, model, mixed_precision)
+        self.step_fn = make_train_step(model, self.optimizer, jit, loss_fn, strategy)
+        self.accuracy = evaluation.Accuracy(
+            model,
+            data.test_images,
+            data.test_labels,
+            data.info,
+            jit=jit,
+            strategy=self.strategy,
         )
-        self.predict = evaluation.make_predict_fn(model, jit)
         self.steps_per_epoch = -(-len(train_images) // recipe.batch_size)
 
     def checkpointables(self) -> dict:
@@ -139,8 +176,9 @@ class SGDTrainer(run_loop.Trainer):
     def batches(self, step: int, end: int):
         # Batches depend only on (seed, epoch, batch): a resumed run sees the same
         # ones. The dataset ends at the budget, so the loop runs it to its end.
+        # Each global batch is split over the replicas when there are several.
         epoch, start_batch = divmod(step, self.steps_per_epoch)
-        return pipelines.train_dataset(
+        dataset = pipelines.train_dataset(
             self.train_images,
             self.train_labels,
             self.data.info,
@@ -150,30 +188,23 @@ class SGDTrainer(run_loop.Trainer):
             start_batch,
             end_batch=end - epoch * self.steps_per_epoch,
         )
+        if distribution.replicas(self.strategy) > 1:
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
+        return dataset
 
     def train_step(self, batch, step: int) -> dict:
         images, labels = batch
         lr = self.recipe.learning_rate(step, self.total_steps)
-        loss, correct = self.step_fn(images, labels, tf.constant(lr, tf.float32))
-        accuracy = tf.cast(correct, tf.float32) / tf.cast(
-            tf.shape(labels)[0], tf.float32
-        )
+        loss, accuracy = self.step_fn(images, labels, tf.constant(lr, tf.float32))
         return {"train/loss": loss, "train/accuracy": accuracy}
 
     def log_scalars(self, step: int) -> dict:
         return {"train/lr": self.recipe.learning_rate(step - 1, self.total_steps)}
 
     def evaluate(self, step: int) -> dict:
-        accuracy = evaluation.accuracy(
-            self.model,
-            self.data.test_images,
-            self.data.test_labels,
-            self.data.info,
-            predict_fn=self.predict,
-        )
         return {
             "epoch": round(step / self.steps_per_epoch, 3),
-            "test_accuracy": accuracy,
+            "test_accuracy": self.accuracy(),
         }
 
     def on_evaluation(self, entry: dict, history: list[dict]) -> None:
@@ -188,7 +219,8 @@ class SGDTrainer(run_loop.Trainer):
 
     def finish(self, history: list[dict], timing: dict) -> dict:
         path = pathlib.Path(self.output_dir) / self.weights_name
-        self.model.save_weights(path)
+        if distribution.is_chief(self.strategy):
+            self.model.save_weights(path)
         logging.info(
             "done: test accuracy %.4f, weights in %s",
             history[-1]["test_accuracy"],
@@ -220,6 +252,7 @@ def train_supervised(
     stop_at: int | None = None,
     log_every: int = 50,
     label: str = "step",
+    strategy=None,
 ) -> dict:
     """Trains model with SGD on (train_images, train_labels), resuming if it can.
 
@@ -227,6 +260,8 @@ def train_supervised(
     every eval_every steps and at the end; checkpoints at each evaluation, on
     SIGINT/SIGTERM and at stop_at. Training batches depend only on (seed, epoch,
     batch), so a resumed run ends with the same weights as an uninterrupted one.
+    Under a tf.distribute strategy (the model built in its scope) the global batch
+    is split over the replicas.
 
     Returns:
         The results dict also written to results.json.
@@ -244,6 +279,7 @@ def train_supervised(
         loss_fn=loss_fn,
         mixed_precision=mixed_precision,
         jit=jit,
+        strategy=strategy,
     )
     settings = run_loop.LoopSettings(
         output_dir=output_dir,
@@ -253,4 +289,6 @@ def train_supervised(
         stop_at=stop_at,
         progress_label=label,
     )
-    return run_loop.run(trainer, settings, ("train/loss", "train/accuracy"))
+    return run_loop.run(
+        trainer, settings, ("train/loss", "train/accuracy"), trainer.strategy
+    )

@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 
-from zskt_tf import datasets, model_io, runs, supervised
+from zskt_tf import datasets, distribution, model_io, runs, supervised
 from zskt_tf.errors import UserError
-from zskt_tf.training import mixed_precision_scope, positive
+from zskt_tf.training import (
+    check_accelerator_options,
+    mixed_precision_scope,
+    positive,
+)
 from zskt_tf.wide_resnet import check_architecture, wide_resnet
 
 # Keys of the config that may change between a run and its resumption.
@@ -31,6 +36,7 @@ class TeacherConfig(supervised.SGDRecipe):
     depth: int = 40
     width: int = 2
     epochs: int | None = None
+    label_smoothing: float = 0.0  # not in the paper (0): see smoothed_cross_entropy
     seed: int = 0
     mixed_precision: bool = False
     jit: bool = False
@@ -45,19 +51,25 @@ class TeacherConfig(supervised.SGDRecipe):
     def validate(self) -> None:
         check_architecture(self.depth, self.width)
         positive("epochs", self.resolved_epochs())
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
         super().validate()
         if self.dataset != datasets.FOLDER:
             datasets.get_info(self.dataset)
 
 
 def train_teacher(
-    config: TeacherConfig, data: datasets.ImageData | None = None
+    config: TeacherConfig, data: datasets.ImageData | None = None, strategy=None
 ) -> dict:
     """Trains (or resumes) a teacher and writes its run directory.
 
     Args:
         config: the run's configuration.
         data: the dataset already in memory; loaded from config otherwise.
+        strategy: a tf.distribute strategy (the global batch is split over its
+            replicas); default: the current context's.
 
     Returns:
         The results dict also written to results.json (test accuracy at the end,
@@ -68,6 +80,8 @@ def train_teacher(
         checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
     """
     config.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    check_accelerator_options(config.jit, config.mixed_precision, strategy)
     epochs = config.resolved_epochs()
     data = data or datasets.load_dataset(
         config.dataset, config.data_dir, config.cache_dir
@@ -84,11 +98,20 @@ def train_teacher(
         "input_shape": list(data.info.image_shape),
         "dataset_info": data.info.to_json(),
     }
-    runs.prepare_output_dir(config.output_dir, record, ignore=RUN_CONTROL_KEYS)
+    runs.prepare_output_dir(
+        config.output_dir,
+        record,
+        ignore=RUN_CONTROL_KEYS,
+        write=distribution.is_chief(strategy),
+    )
     keras.utils.set_random_seed(config.seed)
-    with mixed_precision_scope(config.mixed_precision):
+    with strategy.scope(), mixed_precision_scope(config.mixed_precision):
         model = wide_resnet(
-            config.depth, config.width, data.info.num_classes, data.info.image_shape
+            config.depth,
+            config.width,
+            data.info.num_classes,
+            data.info.image_shape,
+            synchronized=distribution.replicas(strategy) > 1,
         )
     steps_per_epoch = -(-len(data.train_images) // config.batch_size)
     return supervised.train_supervised(
@@ -102,9 +125,11 @@ def train_teacher(
         total_steps=epochs * steps_per_epoch,
         eval_every=steps_per_epoch,
         weights_name=model_io.TEACHER_WEIGHTS,
+        loss_fn=supervised.smoothed_cross_entropy(config.label_smoothing),
         mixed_precision=config.mixed_precision,
         jit=config.jit,
         stop_at=config.stop_at,
         log_every=config.log_every,
         label="teacher step",
+        strategy=strategy,
     )

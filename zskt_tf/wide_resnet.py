@@ -87,17 +87,17 @@ def _conv(x, filters: int, kernel_size: int, strides: int, name: str):
     )(x)
 
 
-def _bn_relu(x, name: str):
-    x = BatchNorm(name=f"{name}_bn")(x)
+def _bn_relu(x, name: str, synchronized: bool):
+    x = BatchNorm(name=f"{name}_bn", synchronized=synchronized)(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _basic_block(x, filters: int, strides: int, name: str):
+def _basic_block(x, filters: int, strides: int, name: str, synchronized: bool):
     """Pre-activation block: BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3(1) + shortcut."""
     equal_in_out = x.shape[-1] == filters
-    activated = _bn_relu(x, f"{name}_1")
+    activated = _bn_relu(x, f"{name}_1", synchronized)
     out = _conv(activated, filters, 3, strides, f"{name}_conv1")
-    out = _bn_relu(out, f"{name}_2")
+    out = _bn_relu(out, f"{name}_2", synchronized)
     out = _conv(out, filters, 3, 1, f"{name}_conv2")
     if equal_in_out:
         # The authors' WRN only ever changes stride together with channels, so an
@@ -115,6 +115,7 @@ def wide_resnet(
     num_classes: int = 10,
     input_shape: tuple[int, int, int] = (32, 32, 3),
     name: str | None = None,
+    synchronized: bool = False,
 ) -> keras.Model:
     """Builds WRN-depth-width (reference section 1).
 
@@ -124,6 +125,9 @@ def wide_resnet(
         num_classes: size of the classifier output.
         input_shape: (height, width, channels) of the normalised input images.
         name: model name; defaults to "wrn-{depth}-{width}".
+        synchronized: BatchNorm uses the global batch's statistics across replicas
+            (for training under tf.distribute with more than one replica; the
+            weights are the same either way).
 
     Returns:
         A functional keras.Model mapping images to a dict with "logits" (B, classes)
@@ -145,9 +149,10 @@ def wide_resnet(
                 channels,
                 stride if block == 0 else 1,
                 name=f"group{group}_block{block}",
+                synchronized=synchronized,
             )
         taps[f"block{group}"] = x
-    x = _bn_relu(x, "head")
+    x = _bn_relu(x, "head", synchronized)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(
         num_classes,

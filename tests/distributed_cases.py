@@ -1,0 +1,195 @@
+"""Cases for test_distribution.py, each run in a fresh process.
+
+A process can split its CPU into logical devices only before TensorFlow first uses
+it, so every case runs as `python -m tests.distributed_cases CASE [ARGS]`: two
+logical CPU devices, float64 models (there the single-device and the distributed
+computation agree to ~1e-12; in float32, Adam's normalised steps amplify the
+different summation order, see docs/RESULTS.md), and one JSON line on stdout.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+
+def _setup(logical_devices: int = 2) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * logical_devices
+    )
+    import keras
+
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+
+
+def _mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def _weights(*models):
+    return [w.tolist() for model in models for w in model.get_weights()]
+
+
+def zero_shot(strategy_name: str, options: str = "{}") -> dict:
+    """3 outer iterations of the game on fixed noise; losses and final weights."""
+    import keras
+    import numpy as np
+
+    from zskt_tf import adversarial
+    from zskt_tf.generator import generator
+    from zskt_tf.wide_resnet import wide_resnet
+
+    strategy = (
+        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    )
+    synchronized = strategy.num_replicas_in_sync > 1
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        teacher = wide_resnet(10, 2, 10, (32, 32, 3), name="teacher")
+        teacher.trainable = False
+        student = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=synchronized)
+        gen = generator(16, (32, 32, 3), synchronized=synchronized)
+        optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+        optimizers[0].build(student.trainable_variables)
+        optimizers[1].build(gen.trainable_variables)
+    config = adversarial.GameConfig(student_steps=3, **json.loads(options))
+    step = adversarial.make_iteration_fn(
+        teacher, student, gen, *optimizers, config, strategy
+    )
+    rng = np.random.default_rng(0)
+    losses = []
+    for iteration in range(3):
+        z = tf.constant(rng.standard_normal((16, 16)))
+        values = step(z, tf.constant(iteration, tf.int64))
+        losses.append({tag: float(value) for tag, value in values.items()})
+    return {"losses": losses, "weights": _weights(student, gen)}
+
+
+def teacher_steps(strategy_name: str) -> dict:
+    """3 SGD steps (momentum, PyTorch weight decay) on fixed batches."""
+    import keras
+    import numpy as np
+
+    from zskt_tf import datasets, pipelines, supervised
+    from zskt_tf.wide_resnet import wide_resnet
+
+    strategy = (
+        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    )
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = wide_resnet(
+            10, 1, 10, (32, 32, 3), synchronized=strategy.num_replicas_in_sync > 1
+        )
+        optimizer = supervised.sgd_optimizer(supervised.SGDRecipe(), model, False)
+    step = supervised.make_train_step(model, optimizer, False, strategy=strategy)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 48)
+    info = datasets.get_info("cifar10")
+    dataset = pipelines.train_dataset(images, labels, info, 16, seed=0, epoch=0)
+    if strategy.num_replicas_in_sync > 1:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    results = []
+    for batch_images, batch_labels in dataset:
+        loss, accuracy = step(batch_images, batch_labels, tf.constant(0.1))
+        results.append([float(loss), float(accuracy)])
+    return {"losses": results, "weights": _weights(model)}
+
+
+def distill_run(
+    strategy_name: str, teacher_dir: str, data_dir: str, output_dir: str, stop_at: str
+):
+    """A zero-shot run directory on tests.helpers' tiny image folder: 4 iterations,
+    stopped at stop_at ('' = none)."""
+    from zskt_tf import checkpoints, distill, model_io
+
+    strategy = (
+        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    )
+    config = distill.DistillConfig(
+        teacher=teacher_dir,
+        output_dir=output_dir,
+        dataset="folder",
+        data_dir=data_dir,
+        cache_dir=f"{data_dir}/../cache",
+        student_depth=10,
+        batch_size=16,
+        z_dim=16,
+        total_iterations=4,
+        student_steps=2,
+        eval_every=2,
+        stop_at=int(stop_at) if stop_at else None,
+    )
+    try:
+        results = distill.distill_one_seed(config, strategy=strategy)
+    except checkpoints.Interrupted as interrupted:
+        return {"interrupted": str(interrupted)}
+    arrays = {}
+    for name in (model_io.STUDENT_WEIGHTS, model_io.GENERATOR_WEIGHTS):
+        from tests.helpers import weights_arrays
+
+        arrays |= {
+            f"{name}/{k}": v.tolist()
+            for k, v in weights_arrays(f"{output_dir}/{name}").items()
+        }
+    return {"iterations": results["iterations"], "weights": arrays}
+
+
+def multi_worker(index: str, ports: str) -> dict:
+    """One of two workers (one CPU each) running 3 iterations of the game."""
+    hosts = [f"localhost:{port}" for port in ports.split(",")]
+    os.environ["TF_CONFIG"] = json.dumps(
+        {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": int(index)}}
+    )
+    import keras
+
+    from zskt_tf import adversarial, distribution
+    from zskt_tf.generator import generator
+    from zskt_tf.wide_resnet import wide_resnet
+
+    strategy = distribution.make_strategy("multi_worker")
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        teacher = wide_resnet(10, 2, 10, (32, 32, 3), name="teacher")
+        teacher.trainable = False
+        student = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=True)
+        gen = generator(16, (32, 32, 3), synchronized=True)
+        optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+        optimizers[0].build(student.trainable_variables)
+        optimizers[1].build(gen.trainable_variables)
+    config = adversarial.GameConfig(student_steps=3)
+    step = adversarial.make_iteration_fn(
+        teacher, student, gen, *optimizers, config, strategy
+    )
+    rng = np.random.default_rng(0)
+    losses = []
+    for iteration in range(3):
+        z = tf.constant(rng.standard_normal((16, 16)))
+        values = step(z, tf.constant(iteration, tf.int64))
+        losses.append({tag: float(value) for tag, value in values.items()})
+    return {
+        "losses": losses,
+        "weights": _weights(student, gen),
+        "chief": distribution.is_chief(strategy),
+    }
+
+
+CASES = {
+    "zero_shot": zero_shot,
+    "teacher_steps": teacher_steps,
+    "distill_run": distill_run,
+    "multi_worker": multi_worker,
+}
+
+if __name__ == "__main__":
+    case, *arguments = sys.argv[1:]
+    _setup(1 if case == "multi_worker" else 2)
+    print(json.dumps(CASES[case](*arguments)))

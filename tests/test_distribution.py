@@ -1,0 +1,149 @@
+"""tf.distribute: the same math on two replicas as on one device, portable
+checkpoints, and a two-process multi-worker run (tests/distributed_cases.py)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, run_program, tiny_teacher
+
+
+def _case(*arguments, timeout=240):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.distributed_cases", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_run(one, two, loss_rtol=1e-5, weight_atol=1e-4):
+    assert len(one["losses"]) == len(two["losses"]) == 3
+    for single, mirrored in zip(one["losses"], two["losses"], strict=True):
+        if isinstance(single, dict):
+            assert single.keys() == mirrored.keys()
+            single, mirrored = list(single.values()), list(mirrored.values())
+        np.testing.assert_allclose(mirrored, single, rtol=loss_rtol)
+    for a, b in zip(one["weights"], two["weights"], strict=True):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=weight_atol)
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["{}", '{"bn_prior": 0.5, "balance_prior": 2.0, "adversarial_loss": "l1"}'],
+)
+def test_zero_shot_iterations_on_two_replicas_equal_one_device(options):
+    single = _case("zero_shot", "default", options)
+    mirrored = _case("zero_shot", "mirrored", options)
+    # The issue's bounds are 1e-5 and 1e-4; in float64 they agree far closer.
+    _assert_same_run(single, mirrored, loss_rtol=1e-9, weight_atol=1e-8)
+    assert single["losses"][0]["train/generator_kl"] > 0
+
+
+def test_teacher_steps_on_two_replicas_equal_one_device():
+    single = _case("teacher_steps", "default")
+    mirrored = _case("teacher_steps", "mirrored")
+    _assert_same_run(single, mirrored, loss_rtol=1e-9, weight_atol=1e-8)
+
+
+def test_checkpoint_from_two_replicas_resumes_on_one_device(tmp_path):
+    root, _, teacher_dir = tiny_teacher(tmp_path)
+
+    def run(strategy, name, stop_at=""):
+        return _case(
+            "distill_run",
+            strategy,
+            str(teacher_dir),
+            str(root),
+            str(tmp_path / name),
+            stop_at,
+        )
+
+    straight = run("default", "a")
+    stopped = run("mirrored", "b", stop_at="2")
+    assert "iteration 2/4" in stopped["interrupted"]
+    resumed = run("default", "b")
+    assert straight["iterations"] == resumed["iterations"] == 4
+    assert straight["weights"].keys() == resumed["weights"].keys()
+    for key, value in straight["weights"].items():
+        np.testing.assert_allclose(
+            np.array(resumed["weights"][key]), np.array(value), atol=1e-4, err_msg=key
+        )
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [entry["iteration"] for entry in history] == [0, 2, 4]
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_worker_processes_equal_one_device():
+    ports = ",".join(str(port) for port in _free_ports(2))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.distributed_cases",
+                "multi_worker",
+                str(i),
+                ports,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=240)
+        assert worker.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert [output["chief"] for output in outputs] == [True, False]
+    single = _case("zero_shot", "default")
+    for output in outputs:
+        _assert_same_run(single, output, loss_rtol=1e-9, weight_atol=1e-8)
+
+
+def test_strategy_flag_errors_are_one_line(tmp_path):
+    result = run_program(
+        "zskt-tf-distill",
+        "--teacher=embedded:cifar10-wrn-16-2",
+        "--strategy=gpus",
+        f"--output_dir={tmp_path / 'x'}",
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "strategy must be one of default, mirrored, multi_worker, tpu" in (
+        result.stderr
+    )
+    result = run_program(
+        "zskt-tf-distill",
+        "--teacher=embedded:cifar10-wrn-16-2",
+        "--strategy=tpu",
+        f"--output_dir={tmp_path / 'y'}",
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no TPU found" in result.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
