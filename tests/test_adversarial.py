@@ -219,3 +219,58 @@ def test_paper_defaults_and_bad_options():
         _config(adversarial_loss="js").validate()
     with pytest.raises(UserError, match="bn_prior must be >= 0"):
         _config(bn_prior=-1.0).validate()
+
+
+def test_xla_steps_compute_the_same_iteration(tiny):
+    _, _, teacher_dir = tiny
+    z = tf.random.normal((8, 16))
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        frozen, student, gen, optimizers = _networks(teacher_dir)
+        step = adversarial.make_iteration_fn(
+            frozen, student, gen, *optimizers, _config(jit=jit)
+        )
+        results.append(step(z, tf.constant(0, tf.int64)))
+    plain, compiled = results
+    # The generator step's values come from one forward pass from equal weights.
+    for tag in ("train/generator_loss", "train/teacher_max_prob"):
+        assert float(compiled[tag]) == pytest.approx(float(plain[tag]), rel=1e-4)
+    assert set(compiled) == set(plain)
+
+
+def test_mixed_precision_keeps_statistics_and_losses_in_float32(tiny):
+    from zskt_tf.training import mixed_precision_scope
+
+    _, _, teacher_dir = tiny
+    with mixed_precision_scope(True):
+        frozen = model_io.load_teacher(teacher_dir)
+        student = wide_resnet(10, 1, 3, (16, 16, 3))
+        gen = build_generator(16, (16, 16, 3))
+    assert keras.config.dtype_policy().name == "float32"  # restored after
+    optimizers = [adversarial.adam(lr, 5.0, True) for lr in (2e-3, 1e-3)]
+    optimizers[0].build(student.trainable_variables)
+    optimizers[1].build(gen.trainable_variables)
+    conv = student.get_layer("group1_block0_conv1")
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"
+    assert student.output["logits"].dtype == gen.output.dtype == "float32"
+    bn = student.get_layer("group1_block0_1_bn")
+    assert bn.moving_mean.dtype == bn.moving_variance.dtype == "float32"
+    values = adversarial.make_iteration_fn(
+        frozen, student, gen, *optimizers, _config()
+    )(tf.random.normal((8, 16)), tf.constant(0, tf.int64))
+    for tag, value in values.items():
+        assert value.dtype == tf.float32 and np.isfinite(float(value)), tag
+
+
+@pytest.mark.skipif(
+    bool(tf.config.list_logical_devices("GPU")), reason="a GPU is present"
+)
+def test_jit_and_mixed_precision_are_refused_without_an_accelerator():
+    from zskt_tf.training import check_accelerator_options
+
+    check_accelerator_options(jit=False, mixed_precision=False)
+    with pytest.raises(UserError, match="--jit .* rerun without --jit"):
+        check_accelerator_options(jit=True, mixed_precision=False)
+    with pytest.raises(UserError, match="--mixed_precision .* needs a GPU"):
+        check_accelerator_options(jit=False, mixed_precision=True)
