@@ -14,7 +14,7 @@ from tests.helpers import (
     weights_arrays,
     write_tiny_folder,
 )
-from zskt_tf import checkpoints, datasets, evaluation, model_io, teacher
+from zskt_tf import checkpoints, datasets, evaluation, model_io, supervised, teacher
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import wide_resnet
 
@@ -177,3 +177,19 @@ def test_cli_bad_input_is_one_line(tmp_path, flag, message):
     ]
     assert error_lines == [error_lines[0]] and message in error_lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_label_smoothing_loss_matches_numpy_and_zero_is_plain_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32) * 3
+    labels = rng.integers(0, 10, 6)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    targets = np.full((6, 10), 0.1 / 10) + 0.9 * np.eye(10)[labels]
+    expected = -(targets * log_p).sum(-1).mean()
+    outputs = {"logits": tf.constant(logits)}
+    smoothed = supervised.smoothed_cross_entropy(0.1)(None, labels, outputs)
+    assert float(smoothed) == pytest.approx(expected, rel=1e-5)
+    assert supervised.smoothed_cross_entropy(0.0) is supervised.cross_entropy
+    with pytest.raises(UserError, match="label_smoothing must be in"):
+        teacher.TeacherConfig(output_dir="x", label_smoothing=1.0).validate()
