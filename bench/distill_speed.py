@@ -6,7 +6,13 @@ Both run in this process on the same models at batch 128 (n_g=1, n_s=10):
 - zskt_tf: zskt_tf.distill.make_iteration_fn, one compiled function per iteration.
 Peak memory is the process RSS sampled during each measurement.
 
+With --jit it also times XLA: each step compiled (what --jit does) and, for
+comparison, the whole iteration compiled. --replicas=1,2 times zskt_tf under a
+MirroredStrategy over that many logical CPU devices (the same two cores: this shows
+the overhead of distribution, not a speed-up).
+
 Usage: python bench/distill_speed.py [--pairs=16-2:16-1,40-2:16-1] [--iterations=2]
+           [--jit] [--replicas=1,2]
 """
 
 import json
@@ -24,20 +30,51 @@ flags.DEFINE_list("pairs", ["16-2:16-1", "40-2:16-1"], "teacher:student WRNs.")
 flags.DEFINE_integer("iterations", 2, "Timed outer iterations per measurement.")
 flags.DEFINE_integer("batch_size", 128, "Pseudo batch size.")
 flags.DEFINE_boolean("jit", False, "Also time zskt_tf with XLA.")
+flags.DEFINE_list("replicas", ["1"], "Replica counts to time zskt_tf at.")
 FLAGS = flags.FLAGS
 TAPS = ("block1", "block2", "block3")
 
 
-def build(teacher_arch, student_arch):
+def build(teacher_arch, student_arch, strategy=None):
+    strategy = strategy or tf.distribute.get_strategy()
+    synchronized = strategy.num_replicas_in_sync > 1
     keras.utils.set_random_seed(0)
-    teacher = wide_resnet(*teacher_arch, name="teacher")
-    teacher.trainable = False
-    student = wide_resnet(*student_arch, name="student")
-    gen = build_generator(100, (32, 32, 3))
-    optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
-    optimizers[0].build(student.trainable_variables)
-    optimizers[1].build(gen.trainable_variables)
+    with strategy.scope():
+        teacher = wide_resnet(*teacher_arch, name="teacher")
+        teacher.trainable = False
+        student = wide_resnet(*student_arch, name="student", synchronized=synchronized)
+        gen = build_generator(100, (32, 32, 3), synchronized=synchronized)
+        optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+        optimizers[0].build(student.trainable_variables)
+        optimizers[1].build(gen.trainable_variables)
     return teacher, student, gen, optimizers
+
+
+def zskt_variants():
+    """(name, jit, whole-iteration XLA, replicas) of every zskt_tf timing."""
+    variants = [("zskt_tf", False, False, 1)]
+    if FLAGS.jit:
+        variants += [("zskt_tf_xla", True, False, 1)]
+        variants += [("zskt_tf_xla_whole_iteration", True, True, 1)]
+    for count in (int(r) for r in FLAGS.replicas if int(r) > 1):
+        variants += [(f"zskt_tf_{count}_replicas", False, False, count)]
+    return variants
+
+
+def make_step(teacher_arch, student_arch, jit, whole, replicas):
+    strategy = (
+        tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+        if replicas > 1
+        else None
+    )
+    nets = build(teacher_arch, student_arch, strategy)
+    config = distill.DistillConfig(
+        teacher="", output_dir="", jit=jit and not whole, batch_size=FLAGS.batch_size
+    )
+    game = adversarial.AdversarialGame(*nets[:3], *nets[3], config, strategy)
+    if whole:  # the earlier --jit: one XLA cluster with the tf.range loop inside
+        return tf.function(game._iteration, jit_compile=True)
+    return game.iteration
 
 
 def authors_style_iteration(teacher, student, gen, optimizers, z, n_s=10):
@@ -78,15 +115,8 @@ def main(argv):
             "student": f"WRN-{student_arch[0]}-{student_arch[1]}",
             "batch_size": FLAGS.batch_size,
         }
-        variants = [("zskt_tf", False)] + ([("zskt_tf_xla", True)] if FLAGS.jit else [])
-        for name, jit in variants:
-            teacher, student, gen, optimizers = build(teacher_arch, student_arch)
-            config = distill.DistillConfig(
-                teacher="", output_dir="", jit=jit, batch_size=FLAGS.batch_size
-            )
-            step = adversarial.make_iteration_fn(
-                teacher, student, gen, *optimizers, config
-            )
+        for name, jit, whole, replicas in zskt_variants():
+            step = make_step(teacher_arch, student_arch, jit, whole, replicas)
             memory = {}
             with peak_memory(memory):
                 seconds = time_per_call(
@@ -112,5 +142,16 @@ def main(argv):
         print(json.dumps(row), flush=True)
 
 
+def split_cpu(argv):
+    """Splits the CPU into logical devices before TensorFlow uses it."""
+    count = max(int(r) for r in FLAGS.replicas)
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    main(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(split_cpu)
