@@ -226,3 +226,21 @@ def test_early_check_warns_at_forty_only_for_a_collapsed_window():
     assert not any(feed([0.2] * 10 + [0.01] * 10 + [0.05] * 30))
     # A run resumed inside the window cannot judge it and stays silent.
     assert not any(feed([0.001] * 20, start=31))
+
+
+def test_a_run_recorded_before_new_options_existed_still_resumes(tmp_path, tiny):
+    _, data, _ = tiny
+    config = _config(tiny, tmp_path / "old", total_iterations=4, stop_at=2)
+    with pytest.raises(checkpoints.Interrupted):
+        distill.distill_one_seed(config, data)
+    # An older version wrote config.json without the options added since.
+    path = tmp_path / "old" / "config.json"
+    recorded = json.loads(path.read_text())
+    for key in ("adversarial_loss", "bn_prior", "balance_prior"):
+        del recorded[key]
+    path.write_text(json.dumps(recorded))
+    resumed = distill.distill_one_seed(dataclasses.replace(config, stop_at=None), data)
+    assert resumed["iterations"] == 4
+    # A non-default value of such an option is a different run.
+    with pytest.raises(UserError, match="bn_prior: 0.0 there, 1.0 now"):
+        distill.distill_one_seed(dataclasses.replace(config, bn_prior=1.0), data)

@@ -415,6 +415,7 @@ def _distill_one_seed(
             "width": config.student_width,
         },
         ignore=RUN_CONTROL_KEYS,
+        defaults=runs.field_defaults(config),
         write=distribution.is_chief(strategy),
     )
     trainer = ZeroShotTrainer(config, record, data, teacher, strategy)
@@ -457,7 +458,11 @@ def distill(
         "kind": "zero_shot_seeds",
     }
     runs.prepare_output_dir(
-        output_dir, summary_config, ignore=RUN_CONTROL_KEYS, write=chief
+        output_dir,
+        summary_config,
+        ignore=RUN_CONTROL_KEYS,
+        write=chief,
+        defaults=runs.field_defaults(config),
     )
     per_seed = {}
     for seed in seeds:

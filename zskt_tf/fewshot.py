@@ -171,7 +171,11 @@ def train_fewshot(
     }
     chief = distribution.is_chief(strategy)
     runs.prepare_output_dir(
-        config.output_dir, record, ignore=RUN_CONTROL_KEYS, write=chief
+        config.output_dir,
+        record,
+        ignore=RUN_CONTROL_KEYS,
+        write=chief,
+        defaults=runs.field_defaults(config),
     )
     results = supervised.train_supervised(
         model=student,

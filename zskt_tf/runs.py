@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -43,11 +44,21 @@ def read_json(path: str | pathlib.Path):
         ) from None
 
 
+def field_defaults(config) -> dict:
+    """The default value of every field of a dataclass (instance or class)."""
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(config)
+        if field.default is not dataclasses.MISSING
+    }
+
+
 def prepare_output_dir(
     output_dir: str | pathlib.Path,
     config: dict,
     ignore: Iterable[str] = (),
     write: bool = True,
+    defaults: dict | None = None,
 ) -> bool:
     """Creates output_dir with config.json, or checks it holds the same run.
 
@@ -58,6 +69,9 @@ def prepare_output_dir(
             often to log, where to stop), so they do not make it a different run.
         write: create the directory and config.json (False: only check; the
             non-chief processes of a multi-worker run).
+        defaults: the configuration's default values (see field_defaults). A run
+            recorded by an older version, without a key added since, is the same
+            run when the key's value is its default.
 
     Returns:
         True if the directory already held this run (so it resumes).
@@ -69,7 +83,7 @@ def prepare_output_dir(
     config_path = output_dir / CONFIG_FILE
     config = json.loads(json.dumps(config))  # tuples -> lists, as read back from disk
     if config_path.exists():
-        previous = read_json(config_path)
+        previous = json.loads(json.dumps(defaults or {})) | read_json(config_path)
         ignore = set(ignore)
         differences = [
             f"{key}: {previous.get(key)!r} there, {config.get(key)!r} now"

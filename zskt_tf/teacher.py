@@ -102,6 +102,7 @@ def train_teacher(
         config.output_dir,
         record,
         ignore=RUN_CONTROL_KEYS,
+        defaults=runs.field_defaults(config),
         write=distribution.is_chief(strategy),
     )
     keras.utils.set_random_seed(config.seed)
