@@ -2,7 +2,7 @@
 
 Usage:
   python scripts/make_assets.py \
-      --teacher_dir=runs/teacher-cifar-onecycle-0.2-fixedinit \
+      --teacher_dir=runs/teachers/wrn-16-2-onecycle-5ep-ls0.1 \
       --data_dir=../shared/datasets/cifar10-jpeg.tar.gz
 """
 
