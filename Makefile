@@ -19,8 +19,10 @@ $(TORCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	touch $(TORCH_STAMP)
 
+# make demo SEED=1 runs the demo with another seed.
+SEED ?= 0
 demo: $(STAMP)
-	$(BIN)/zskt-tf-demo --output_dir=runs/demo
+	$(BIN)/zskt-tf-demo --seed=$(SEED) --output_dir=runs/demo/seed_$(SEED)
 
 test: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pytest -q tests

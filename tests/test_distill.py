@@ -244,3 +244,11 @@ def test_a_run_recorded_before_new_options_existed_still_resumes(tmp_path, tiny)
     # A non-default value of such an option is a different run.
     with pytest.raises(UserError, match="bn_prior: 0.0 there, 1.0 now"):
         distill.distill_one_seed(dataclasses.replace(config, bn_prior=1.0), data)
+
+
+def test_a_seed_directory_belongs_to_its_seed(tmp_path, tiny):
+    _, data, _ = tiny
+    config = _config(tiny, tmp_path / "one", total_iterations=2, eval_every=2)
+    distill.distill_one_seed(config, data)
+    with pytest.raises(UserError, match="seed: 0 there, 1 now"):
+        distill.distill_one_seed(dataclasses.replace(config, seed=1), data)

@@ -40,10 +40,11 @@ RUN_CONTROL_KEYS = (
     "eval_every",
     "checkpoint_every",
     "log_every",
-    "seeds",
-    "seed",
     "teacher",
 )
+# The multi-seed summary directory records the run of every seed; a seed's own
+# directory is one seed's run, so there the seed must match.
+SUMMARY_CONTROL_KEYS = (*RUN_CONTROL_KEYS, "seeds", "seed")
 # A window's mean KL(teacher || student) on the generator's batches below this is
 # "near 0": the generator no longer finds disagreement and the adversarial game has
 # collapsed. In the paper's method the generator loss is exactly -KL (section 3: a
@@ -460,7 +461,7 @@ def distill(
     runs.prepare_output_dir(
         output_dir,
         summary_config,
-        ignore=RUN_CONTROL_KEYS,
+        ignore=SUMMARY_CONTROL_KEYS,
         write=chief,
         defaults=runs.field_defaults(config),
     )
