@@ -46,9 +46,7 @@ def build(teacher_arch, student_arch, strategy=None, mixed_precision=False):
         teacher.trainable = False
         student = wide_resnet(*student_arch, name="student", synchronized=synchronized)
         gen = build_generator(100, (32, 32, 3), synchronized=synchronized)
-        optimizers = [
-            adversarial.adam(lr, 5.0, mixed_precision) for lr in (2e-3, 1e-3)
-        ]
+        optimizers = [adversarial.adam(lr, 5.0, mixed_precision) for lr in (2e-3, 1e-3)]
         optimizers[0].build(student.trainable_variables)
         optimizers[1].build(gen.trainable_variables)
     return teacher, student, gen, optimizers
