@@ -35,8 +35,8 @@ def _weights(*models):
     return [w.tolist() for model in models for w in model.get_weights()]
 
 
-def zero_shot(strategy_name: str, options: str = "{}") -> dict:
-    """3 outer iterations of the game on fixed noise; losses and final weights."""
+def _play(strategy, options: dict) -> dict:
+    """3 outer iterations of a tiny game under strategy; losses and final weights."""
     import keras
     import numpy as np
 
@@ -44,9 +44,6 @@ def zero_shot(strategy_name: str, options: str = "{}") -> dict:
     from zskt_tf.generator import generator
     from zskt_tf.wide_resnet import wide_resnet
 
-    strategy = (
-        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
-    )
     synchronized = strategy.num_replicas_in_sync > 1
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -57,7 +54,7 @@ def zero_shot(strategy_name: str, options: str = "{}") -> dict:
         optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
         optimizers[0].build(student.trainable_variables)
         optimizers[1].build(gen.trainable_variables)
-    config = adversarial.GameConfig(student_steps=3, **json.loads(options))
+    config = adversarial.GameConfig(student_steps=3, **options)
     step = adversarial.make_iteration_fn(
         teacher, student, gen, *optimizers, config, strategy
     )
@@ -68,6 +65,14 @@ def zero_shot(strategy_name: str, options: str = "{}") -> dict:
         values = step(z, tf.constant(iteration, tf.int64))
         losses.append({tag: float(value) for tag, value in values.items()})
     return {"losses": losses, "weights": _weights(student, gen)}
+
+
+def zero_shot(strategy_name: str, options: str = "{}") -> dict:
+    """3 outer iterations of the game on fixed noise; losses and final weights."""
+    strategy = (
+        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
+    )
+    return _play(strategy, json.loads(options))
 
 
 def teacher_steps(strategy_name: str) -> dict:
@@ -147,39 +152,10 @@ def multi_worker(index: str, ports: str) -> dict:
     os.environ["TF_CONFIG"] = json.dumps(
         {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": int(index)}}
     )
-    import keras
-
-    from zskt_tf import adversarial, distribution
-    from zskt_tf.generator import generator
-    from zskt_tf.wide_resnet import wide_resnet
+    from zskt_tf import distribution
 
     strategy = distribution.make_strategy("multi_worker")
-    import numpy as np
-
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        teacher = wide_resnet(10, 2, 10, (32, 32, 3), name="teacher")
-        teacher.trainable = False
-        student = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=True)
-        gen = generator(16, (32, 32, 3), synchronized=True)
-        optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
-        optimizers[0].build(student.trainable_variables)
-        optimizers[1].build(gen.trainable_variables)
-    config = adversarial.GameConfig(student_steps=3)
-    step = adversarial.make_iteration_fn(
-        teacher, student, gen, *optimizers, config, strategy
-    )
-    rng = np.random.default_rng(0)
-    losses = []
-    for iteration in range(3):
-        z = tf.constant(rng.standard_normal((16, 16)))
-        values = step(z, tf.constant(iteration, tf.int64))
-        losses.append({tag: float(value) for tag, value in values.items()})
-    return {
-        "losses": losses,
-        "weights": _weights(student, gen),
-        "chief": distribution.is_chief(strategy),
-    }
+    return {**_play(strategy, {}), "chief": distribution.is_chief(strategy)}
 
 
 CASES = {
