@@ -166,8 +166,8 @@ class AdversarialGame:
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
         # With jit, XLA compiles each step, not the whole iteration: compiled whole,
-        # the tf.range student loop ran 25 times slower on XLA:CPU than in the graph
-        # (docs/RESULTS.md, "XLA and mixed precision").
+        # with the tf.range student loop inside, an iteration ran 51 times slower on
+        # XLA:CPU than in the graph (docs/RESULTS.md, "XLA and mixed precision").
         self._generator_step, self._student_step = (
             self.generator_step,
             self.student_step,
