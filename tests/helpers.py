@@ -49,6 +49,14 @@ def run_program(name: str, *args: str, timeout: float = 300, check: bool = True)
     return result
 
 
+def user_error(name: str, *args: str) -> str:
+    """Runs bin/<name> on bad input; asserts the user-error exit (status 2, no
+    traceback) and returns stderr for the caller to check the message."""
+    result = run_program(name, *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
 def start_program(name: str, *args: str) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     return subprocess.Popen(
