@@ -8,7 +8,7 @@ import sys
 # Quiet TensorFlow's C++ start-up chatter before it is imported (programs only).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, logging  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from zskt_tf.errors import UserError  # noqa: E402
 
@@ -43,3 +43,24 @@ def parse_floats(text: str, name: str) -> tuple[float, ...]:
         raise UserError(
             f"--{name} must be comma-separated numbers, got {text!r}"
         ) from None
+
+
+def define_strategy_flags() -> None:
+    """--strategy and --tpu, shared by the training programs."""
+    flags.DEFINE_string(
+        "strategy",
+        "default",
+        "tf.distribute strategy: default (one device), mirrored (every local GPU), "
+        "multi_worker (the cluster in TF_CONFIG), tpu. The global batch is split "
+        "over the replicas; the results do not depend on their number.",
+    )
+    flags.DEFINE_string(
+        "tpu", None, "--strategy=tpu: TPU name or grpc:// address (default: Colab's)."
+    )
+
+
+def strategy_from_flags():
+    """The tf.distribute.Strategy that --strategy and --tpu name (one-line errors)."""
+    from zskt_tf import distribution
+
+    return distribution.make_strategy(flags.FLAGS.strategy, flags.FLAGS.tpu)
