@@ -55,7 +55,7 @@ def run_dir(teacher_label, config_label):
 
 
 def launch(teacher, teacher_label, config_label, extra, seed):
-    # One seed per command: a stop at --stop_at ends the command after that seed.
+    # One seed per command, so each run has its own log and can run beside another.
     command = [
         "zskt-tf-distill",
         f"--teacher={teacher}",

@@ -16,7 +16,7 @@ from tests.helpers import (
     weights_arrays,
     write_tiny_folder,
 )
-from zskt_tf import checkpoints, datasets, distill, model_io
+from zskt_tf import checkpoints, datasets, distill, model_io, runs
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import check_taps_match, wide_resnet
 
@@ -155,6 +155,39 @@ def test_the_seed_alone_determines_a_run(tmp_path, tiny):
     for key in seed_1:
         np.testing.assert_array_equal(seed_1_alone[key], seed_1[key], err_msg=key)
     assert any(not np.array_equal(seed_0[k], seed_1[k]) for k in seed_0)
+
+
+def test_stop_at_stops_every_seed_there(tmp_path, tiny):
+    # --seeds=0,1 --stop_at=1 runs both seeds to iteration 1 (Colab chunks), not just
+    # the first; the same command again trains nothing; without stop_at both finish.
+    root, data, _ = tiny
+    config = _config(
+        tiny,
+        tmp_path / "chunks",
+        total_iterations=2,
+        eval_every=1,
+        stop_at=1,
+        data_dir=str(root),
+        cache_dir=str(tmp_path / "cache"),
+    )
+
+    def last_iterations():
+        return [
+            runs.read_json(tmp_path / "chunks" / f"seed_{s}" / "history.json")[-1][
+                "iteration"
+            ]
+            for s in (0, 1)
+        ]
+
+    for _ in range(2):
+        with pytest.raises(
+            checkpoints.StoppedAt, match=r"iteration 1/2 \(seeds 0, 1\)"
+        ):
+            distill.distill(config, seeds=(0, 1))
+        assert last_iterations() == [1, 1]
+    summary = distill.distill(dataclasses.replace(config, stop_at=None), seeds=(0, 1))
+    assert sorted(summary["seeds"]) == ["0", "1"]
+    assert last_iterations() == [2, 2]
 
 
 def test_bad_input_is_caught_before_training(tmp_path, tiny):

@@ -23,6 +23,11 @@ class Interrupted(Exception):
         )
 
 
+class StoppedAt(Interrupted):
+    """Raised when a run reaches its stop_at (not a signal): a caller running several
+    seeds goes on to the next seed, which stops at the same point."""
+
+
 class InterruptGuard(contextlib.AbstractContextManager):
     """Turns SIGINT/SIGTERM into a flag that the loop checks between steps.
 

@@ -13,6 +13,7 @@ from absl import logging
 
 from zskt_tf import (
     adversarial,
+    checkpoints,
     datasets,
     distribution,
     evaluation,
@@ -441,11 +442,16 @@ def distill(
 
     The paper reports the final accuracy as mean +- population std over seeds 0, 1, 2
     (section 3). Rerunning the same call resumes whichever seed was interrupted.
+    With config.stop_at, every seed runs to stop_at before the call stops.
     strategy: a tf.distribute strategy (default: the current context's).
 
     Returns:
         {"seeds": {...}, "test_accuracy_mean": ..., "test_accuracy_std": ...}, also
         written to output_dir/results.json.
+
+    Raises:
+        checkpoints.StoppedAt: the seeds not finished reached stop_at (checkpoints
+            saved); checkpoints.Interrupted: SIGINT/SIGTERM stopped the current seed.
     """
     if not seeds:
         raise UserError("give at least one seed")
@@ -465,7 +471,7 @@ def distill(
         write=chief,
         defaults=runs.field_defaults(config),
     )
-    per_seed = {}
+    per_seed, stopped = {}, []
     for seed in seeds:
         seed_config = dataclasses.replace(
             config, seed=seed, output_dir=str(output_dir / f"seed_{seed}")
@@ -474,7 +480,18 @@ def distill(
         if done.is_file():
             per_seed[seed] = runs.read_json(done)
             continue
-        per_seed[seed] = _distill_one_seed(seed_config, record, data, teacher, strategy)
+        try:
+            per_seed[seed] = _distill_one_seed(
+                seed_config, record, data, teacher, strategy
+            )
+        except checkpoints.StoppedAt:
+            stopped.append(seed)  # stop_at holds for every seed: on to the next one
+    if stopped:
+        raise checkpoints.StoppedAt(
+            f"iteration {config.stop_at}/{config.total_iterations} "
+            f"(seed{'s' if len(stopped) > 1 else ''} "
+            f"{', '.join(map(str, stopped))})"
+        )
     finals = np.array([per_seed[s]["test_accuracy"] for s in seeds])
     summary = {
         "seeds": {str(s): per_seed[s]["test_accuracy"] for s in seeds},

@@ -184,10 +184,12 @@ class _Run:
         self.trainer.on_evaluation(entry, self.history)
         runs.write_json(self.output_dir / HISTORY_FILE, self.history)
 
-    def stop(self) -> None:
+    def stop(self, at_stop: bool) -> None:
+        """at_stop: the stop is stop_at's (StoppedAt), not a signal's (Interrupted)."""
         self.save()
         self.trainer.on_stop(self.history)
-        raise checkpoints.Interrupted(
+        error = checkpoints.StoppedAt if at_stop else checkpoints.Interrupted
+        raise error(
             f"{self.settings.step_name} {int(self.step)}/{self.settings.total_steps}"
         )
 
@@ -220,7 +222,7 @@ class _Run:
             self.record(step, self.eval_window.collect())
         stop_requested = settings.stop_at is not None and step >= settings.stop_at
         if (guard.requested or stop_requested) and not last:
-            self.stop()
+            self.stop(at_stop=not guard.requested)
         if step % settings.checkpoint_interval() == 0:
             self.save()
 
@@ -231,7 +233,7 @@ class _Run:
         )
         stop_at, total = settings.stop_at, settings.total_steps
         if stop_at is not None and stop_at <= int(self.step) < total:
-            self.stop()  # already there (a rerun with the same stop_at)
+            self.stop(at_stop=True)  # already there (a rerun with the same stop_at)
         while int(self.step) < total:
             # Batches are drawn lazily (zero-shot noise comes from a checkpointed
             # generator), so every stop is decided in after_step, before the next one.
