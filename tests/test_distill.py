@@ -46,6 +46,20 @@ def _config(tiny, out, **overrides):
     return distill.DistillConfig(**values)
 
 
+def _seeds_config(tiny, tmp_path, name, **overrides):
+    """A two-iteration config for distill() over several seeds, which reads the data
+    itself (from the tiny folder, cached under tmp_path)."""
+    root, _, _ = tiny
+    return _config(
+        tiny,
+        tmp_path / name,
+        total_iterations=2,
+        data_dir=str(root),
+        cache_dir=str(tmp_path / "cache"),
+        **overrides,
+    )
+
+
 def test_cli_end_to_end_leaves_every_output(tmp_path, tiny):
     root, _, teacher_dir = tiny
     out = tmp_path / "zs"
@@ -136,15 +150,8 @@ def test_stop_at_and_rerun_equal_an_uninterrupted_run(tmp_path, tiny):
 def test_the_seed_alone_determines_a_run(tmp_path, tiny):
     # distill() loads the teacher once for all seeds; each seed's run must equal the
     # same seed run on its own, and different seeds must start differently.
-    root, data, _ = tiny
-    config = _config(
-        tiny,
-        tmp_path / "both",
-        total_iterations=2,
-        eval_every=2,
-        data_dir=str(root),
-        cache_dir=str(tmp_path / "cache"),
-    )
+    _, data, _ = tiny
+    config = _seeds_config(tiny, tmp_path, "both", eval_every=2)
     distill.distill(config, seeds=(0, 1))
     alone = dataclasses.replace(config, seed=1, output_dir=str(tmp_path / "alone"))
     distill.distill_one_seed(alone, data)
@@ -160,16 +167,7 @@ def test_the_seed_alone_determines_a_run(tmp_path, tiny):
 def test_stop_at_stops_every_seed_there(tmp_path, tiny):
     # --seeds=0,1 --stop_at=1 runs both seeds to iteration 1 (Colab chunks), not just
     # the first; the same command again trains nothing; without stop_at both finish.
-    root, data, _ = tiny
-    config = _config(
-        tiny,
-        tmp_path / "chunks",
-        total_iterations=2,
-        eval_every=1,
-        stop_at=1,
-        data_dir=str(root),
-        cache_dir=str(tmp_path / "cache"),
-    )
+    config = _seeds_config(tiny, tmp_path, "chunks", eval_every=1, stop_at=1)
 
     def last_iterations():
         return [
