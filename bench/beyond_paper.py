@@ -6,10 +6,13 @@ Every run is zskt-tf-distill on the paper's 80,000-iteration schedule stopped at
 extendable: rerunning with a larger --stop_at continues them. --table_only prints
 the table from what exists.
 
-Table: test accuracy at each of --report iterations (mean and range over seeds) and
-the number of seeds whose game collapsed (KL(teacher || student) on the generator's
-batches below 0.005 in any evaluation window after iteration 40) out of the seeds run
-that far.
+--plot draws the curves behind the table (seed mean and min-max band, one panel per
+teacher) to a PNG.
+
+Table: test accuracy at each of --report iterations and averaged over the --smooth
+evaluations (mean and range over seeds), and the number of seeds whose game
+collapsed (KL(teacher || student) on the generator's batches below 0.005 in any
+evaluation window after iteration 40) out of the seeds run that far.
 
 Usage:
   python bench/beyond_paper.py --teachers=authors=runs/authors-wrn-16-1 \
@@ -37,10 +40,18 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("stop_at", 400, "Iteration to run to.")
 flags.DEFINE_integer("eval_every", 50, "Iterations between test evaluations.")
 flags.DEFINE_list("report", ["100", "200", "400"], "Iterations shown in the table.")
+flags.DEFINE_list(
+    "smooth",
+    ["300", "350", "400"],
+    "Evaluations averaged per seed in the last column (single evaluations swing).",
+)
 flags.DEFINE_string("dataset", "cifar10", "Evaluation set.")
 flags.DEFINE_string("data_dir", None, "Local files of --dataset.")
 flags.DEFINE_string("output_dir", "runs/beyond", "Root of the runs.")
 flags.DEFINE_boolean("table_only", False, "Only print the table.")
+flags.DEFINE_string(
+    "plot", None, "Also draw the accuracy curves (seed mean, min-max band) to this PNG."
+)
 flags.mark_flag_as_required("teachers")
 FLAGS = flags.FLAGS
 COLLAPSED_KL = 0.005  # zskt_tf.distill.COLLAPSED_KL
@@ -98,18 +109,72 @@ def row(teacher_label, config_label):
         judged += bool(late)
         collapsed += any(e["generator_kl"] < COLLAPSED_KL for e in late)
         cells.append({e["iteration"]: e["test_accuracy"] for e in history})
-    text = []
-    for at in (int(r) for r in FLAGS.report):
-        values = [100 * c[at] for c in cells if at in c]
-        spread = f"{min(values, default=0):.2f}-{max(values, default=0):.2f}"
-        text.append(
-            f"{np.mean(values):.2f} ({spread}, n={len(values)})" if values else "-"
-        )
+    smooth = [int(at) for at in FLAGS.smooth]
+    columns = [[100 * c[int(at)] for c in cells if int(at) in c] for at in FLAGS.report]
+    columns.append(
+        [
+            100 * np.mean([c[at] for at in smooth])
+            for c in cells
+            if set(smooth) <= set(c)
+        ]
+    )
+    text = [
+        f"{np.mean(v):.2f} ({min(v):.2f}-{max(v):.2f}, n={len(v)})" if v else "-"
+        for v in columns
+    ]
     return (
         f"| {teacher_label} | {config_label} | "
         + " | ".join(text)
         + f" | {collapsed} / {judged} |"
     )
+
+
+def plot(teachers, configs, path):
+    """One panel per teacher: test accuracy against iteration for each configuration,
+    the mean over the seeds that reached each evaluation and their min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        1, len(teachers), figsize=(5.5 * len(teachers), 4), squeeze=False
+    )
+    for axis, (teacher_label, _) in zip(axes[0], teachers, strict=True):
+        for index, (config_label, _) in enumerate(configs):
+            by_step = {}
+            for seed in FLAGS.seeds:
+                for entry in seed_history(teacher_label, config_label, seed):
+                    by_step.setdefault(entry["iteration"], []).append(
+                        100 * entry["test_accuracy"]
+                    )
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            values = [by_step[step] for step in steps]
+            seeds = max(len(v) for v in values)
+            color = f"C{index}"  # one colour per configuration in every panel
+            axis.plot(
+                steps,
+                [np.mean(v) for v in values],
+                "o-",
+                color=color,
+                markersize=3,
+                label=f"{config_label} ({seeds} seed{'s' if seeds > 1 else ''})",
+            )
+            axis.fill_between(
+                steps,
+                [min(v) for v in values],
+                [max(v) for v in values],
+                color=color,
+                alpha=0.15,
+            )
+        axis.set(xlabel="iteration", ylabel="test accuracy (%)", title=teacher_label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main(argv):
@@ -123,12 +188,15 @@ def main(argv):
     print(
         "| teacher | configuration | "
         + " | ".join(f"acc. at {r}" for r in FLAGS.report)
-        + " | collapsed |"
+        + f" | mean of {'/'.join(FLAGS.smooth)} | collapsed |"
     )
-    print("|---|---|" + "---|" * len(FLAGS.report) + "---|")
+    print("|---|---|" + "---|" * (len(FLAGS.report) + 1) + "---|")
     for teacher_label, _ in teachers:
         for config_label, _ in configs:
             print(row(teacher_label, config_label))
+    if FLAGS.plot:
+        plot(teachers, configs, FLAGS.plot)
+        print(f"curves: {FLAGS.plot}")
 
 
 if __name__ == "__main__":
