@@ -40,7 +40,11 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6",
+            "ai-edge-litert>=1.2",
         ],
+        # Running exported .tflite files with LiteRT instead of the deprecated
+        # tf.lite.Interpreter.
+        "tflite": ["ai-edge-litert>=1.2"],
         # SVHN's official .mat files.
         "svhn": ["scipy>=1.10"],
         # zskt-tf-import-torch reads the authors' PyTorch checkpoints.

@@ -1,6 +1,7 @@
 """SavedModel and TFLite exports agree with the Keras model on real test images."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -75,3 +76,11 @@ def test_export_cli_and_bad_input(tmp_path):
     assert "exported" in result.stdout
     stderr = user_error("zskt-tf-export", f"--model_dir={tmp_path / 'nothing'}")
     assert "not found" in stderr or "holds no" in stderr
+
+
+def test_tflite_runs_on_litert_and_falls_back_to_tensorflow(monkeypatch):
+    # The test extra installs ai-edge-litert: exported files run on LiteRT.
+    assert export.tflite_interpreter_class().__module__.startswith("ai_edge_litert")
+    # Without it, TensorFlow's own (deprecated) interpreter still runs them.
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    assert export.tflite_interpreter_class() is tf.lite.Interpreter

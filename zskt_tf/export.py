@@ -96,9 +96,23 @@ def export_tflite(
     return path
 
 
+def tflite_interpreter_class() -> type:
+    """LiteRT's interpreter (pip install zskt_tf[tflite]) if installed, else TensorFlow's.
+
+    tf.lite.Interpreter is deprecated in favour of the ai_edge_litert package (the same
+    runtime, shipped on its own) and will leave TensorFlow; the fallback keeps a plain
+    install working until then.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return tf.lite.Interpreter
+    return Interpreter
+
+
 def tflite_probabilities(path: str | pathlib.Path, pixels: np.ndarray) -> np.ndarray:
     """Runs a TFLite model exported here on (N, H, W, C) pixels, one image at a time."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = tflite_interpreter_class()(model_path=str(path))
     interpreter.allocate_tensors()
     source = interpreter.get_input_details()[0]
     target = interpreter.get_output_details()[0]
