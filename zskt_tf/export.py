@@ -97,7 +97,7 @@ def export_tflite(
 
 
 def tflite_interpreter_class() -> type:
-    """LiteRT's interpreter (pip install zskt_tf[tflite]) if installed, else TensorFlow's.
+    """LiteRT's interpreter (zskt_tf[tflite]) if installed, else TensorFlow's.
 
     tf.lite.Interpreter is deprecated in favour of the ai_edge_litert package (the same
     runtime, shipped on its own) and will leave TensorFlow; the fallback keeps a plain
