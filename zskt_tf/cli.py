@@ -17,9 +17,10 @@ EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C; the run can be resumed
 
 
 def run(main) -> None:
-    """absl.app.run(main), mapping UserError to 'error: ...' and exit status 2, and an
-    interruption (checkpoint saved) to one line and status 130."""
-    from zskt_tf.checkpoints import Interrupted
+    """absl.app.run(main), mapping UserError (and a full disk, wherever it strikes)
+    to 'error: ...' and exit status 2, and an interruption (checkpoint saved) to one
+    line and status 130."""
+    from zskt_tf.checkpoints import Interrupted, disk_full
 
     def guarded(argv):
         logging.set_verbosity(logging.INFO)
@@ -27,6 +28,15 @@ def run(main) -> None:
             return main(argv)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as error:
+            if not disk_full(error):
+                raise
+            print(
+                f"error: no space left on device ({error}); free some disk space "
+                "and rerun the same command (runs resume from their last checkpoint)",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_USER_ERROR)
         except Interrupted as error:
             print(str(error), file=sys.stderr)

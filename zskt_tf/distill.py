@@ -42,6 +42,7 @@ RUN_CONTROL_KEYS = (
     "checkpoint_every",
     "log_every",
     "teacher",
+    "restart",
 )
 # The multi-seed summary directory records the run of every seed; a seed's own
 # directory is one seed's run, so there the seed must match.
@@ -83,6 +84,7 @@ class DistillConfig(adversarial.GameConfig):
     stop_at: int | None = None
     checkpoint_every: int | None = None  # iterations; default: at every evaluation
     log_every: int = 10
+    restart: bool = False  # start again when no checkpoint reads back
 
     def resolved_eval_every(self) -> int:
         return self.eval_every or max(1, self.total_iterations // 100)
@@ -346,8 +348,10 @@ class ZeroShotTrainer(run_loop.Trainer):
         samples = self.pseudo_samples()  # collective: every process takes part
         if not self.chief:
             return
-        self.student.save_weights(self.output_dir / model_io.STUDENT_WEIGHTS)
-        self.generator.save_weights(self.output_dir / model_io.GENERATOR_WEIGHTS)
+        model_io.save_weights(self.student, self.output_dir / model_io.STUDENT_WEIGHTS)
+        model_io.save_weights(
+            self.generator, self.output_dir / model_io.GENERATOR_WEIGHTS
+        )
         plots.save_image_grid(samples, self.output_dir / "samples.png")
         plots.save_curves(
             history,
@@ -398,41 +402,67 @@ def distill_one_seed(
     return _distill_one_seed(config, *inputs, strategy)
 
 
+def _seed_record(config: DistillConfig, record: dict) -> dict:
+    """The config.json of one seed's run directory."""
+    info = datasets.DatasetInfo.from_json(record["dataset_info"])
+    return dataclasses.asdict(config) | {
+        "kind": "zero_shot_student",
+        "dataset": config.dataset or record["dataset"],
+        "teacher_architecture": [record["depth"], record["width"]],
+        "dataset_info": info.to_json(),
+        "num_classes": info.num_classes,
+        "input_shape": list(info.image_shape),
+        "depth": config.student_depth,
+        "width": config.student_width,
+    }
+
+
 def _distill_one_seed(
     config: DistillConfig, record: dict, data: datasets.ImageData, teacher, strategy
 ) -> dict:
     """distill_one_seed on inputs check_inputs has already checked and loaded."""
-    info = datasets.DatasetInfo.from_json(record["dataset_info"])
-    runs.prepare_output_dir(
+    with runs.open_run(
         config.output_dir,
-        dataclasses.asdict(config)
-        | {
-            "kind": "zero_shot_student",
-            "dataset": config.dataset or record["dataset"],
-            "teacher_architecture": [record["depth"], record["width"]],
-            "dataset_info": info.to_json(),
-            "num_classes": info.num_classes,
-            "input_shape": list(info.image_shape),
-            "depth": config.student_depth,
-            "width": config.student_width,
-        },
+        _seed_record(config, record),
         ignore=RUN_CONTROL_KEYS,
         defaults=runs.field_defaults(config),
         write=distribution.is_chief(strategy),
+    ):
+        trainer = ZeroShotTrainer(config, record, data, teacher, strategy)
+        settings = run_loop.LoopSettings(
+            output_dir=config.output_dir,
+            total_steps=config.total_iterations,
+            eval_every=config.resolved_eval_every(),
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            stop_at=config.stop_at,
+            step_name="iteration",
+            progress_label="iteration",
+            evaluate_at_start=True,
+            restart=config.restart,
+        )
+        return run_loop.run(trainer, settings, config.metric_tags(), strategy)
+
+
+def _finished_seed(config: DistillConfig, record: dict) -> dict | None:
+    """The results of a seed whose run is complete, or None. Both of its records
+    are checked, so a damaged one is reported rather than trusted."""
+    directory = pathlib.Path(config.output_dir)
+    results = directory / runs.RESULTS_FILE
+    if not results.is_file():
+        return None
+    runs.prepare_output_dir(
+        directory,
+        _seed_record(config, record),
+        ignore=RUN_CONTROL_KEYS,
+        defaults=runs.field_defaults(config),
+        write=False,
     )
-    trainer = ZeroShotTrainer(config, record, data, teacher, strategy)
-    settings = run_loop.LoopSettings(
-        output_dir=config.output_dir,
-        total_steps=config.total_iterations,
-        eval_every=config.resolved_eval_every(),
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        stop_at=config.stop_at,
-        step_name="iteration",
-        progress_label="iteration",
-        evaluate_at_start=True,
+    return runs.read_json(
+        results,
+        fix="delete it and rerun the same command: the run rewrites it from its "
+        "last checkpoint",
     )
-    return run_loop.run(trainer, settings, config.metric_tags(), strategy)
 
 
 def distill(
@@ -476,9 +506,9 @@ def distill(
         seed_config = dataclasses.replace(
             config, seed=seed, output_dir=str(output_dir / f"seed_{seed}")
         )
-        done = output_dir / f"seed_{seed}" / runs.RESULTS_FILE
-        if done.is_file():
-            per_seed[seed] = runs.read_json(done)
+        finished = _finished_seed(seed_config, record)
+        if finished is not None:
+            per_seed[seed] = finished
             continue
         try:
             per_seed[seed] = _distill_one_seed(

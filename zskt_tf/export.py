@@ -49,7 +49,8 @@ def _write_archive(model: keras.Model, info: DatasetInfo, path, signatures: dict
                 tf.TensorSpec([batch, *info.image_shape], dtype, name="pixels")
             ],
         )
-    archive.write_out(str(path), verbose=False)
+    with runs.atomic_directory(path) as temporary:
+        archive.write_out(str(temporary), verbose=False)
 
 
 def export_saved_model(
@@ -92,7 +93,8 @@ def export_tflite(
             converter.target_spec.supported_types = [tf.float16]
         flatbuffer = converter.convert()
     path = pathlib.Path(path)
-    path.write_bytes(flatbuffer)
+    with runs.atomic_path(path) as temporary:
+        temporary.write_bytes(flatbuffer)
     return path
 
 

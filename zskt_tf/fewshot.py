@@ -26,6 +26,7 @@ RUN_CONTROL_KEYS = (
     "eval_every",
     "teacher",
     "init_student",
+    "restart",
 )
 
 
@@ -58,6 +59,7 @@ class FewShotConfig(supervised.SGDRecipe):
     jit: bool = False
     stop_at: int | None = None
     log_every: int = 50
+    restart: bool = False  # start again when no checkpoint reads back
 
     def validate(self) -> None:
         check_architecture(self.student_depth, self.student_width)
@@ -170,41 +172,42 @@ def train_fewshot(
         "method": "kd_at" if teacher is not None else "no_teacher",
     }
     chief = distribution.is_chief(strategy)
-    runs.prepare_output_dir(
+    with runs.open_run(
         config.output_dir,
         record,
         ignore=RUN_CONTROL_KEYS,
         write=chief,
         defaults=runs.field_defaults(config),
-    )
-    results = supervised.train_supervised(
-        model=student,
-        train_images=images,
-        train_labels=labels,
-        data=data,
-        recipe=config,
-        output_dir=config.output_dir,
-        seed=config.seed,
-        total_steps=total_steps,
-        eval_every=config.eval_every or max(1, total_steps // 100),
-        weights_name=model_io.STUDENT_WEIGHTS,
-        loss_fn=(
-            kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
-            if teacher is not None
-            else supervised.cross_entropy
-        ),
-        mixed_precision=config.mixed_precision,
-        jit=config.jit,
-        stop_at=config.stop_at,
-        log_every=config.log_every,
-        label="few-shot step",
-        strategy=strategy,
-    )
-    results |= {
-        "m_per_class": config.m_per_class,
-        "subset_size": len(images),
-        "method": record["method"],
-    }
-    if chief:
-        runs.write_json(f"{config.output_dir}/{runs.RESULTS_FILE}", results)
-    return results
+    ):
+        results = supervised.train_supervised(
+            model=student,
+            train_images=images,
+            train_labels=labels,
+            data=data,
+            recipe=config,
+            output_dir=config.output_dir,
+            seed=config.seed,
+            total_steps=total_steps,
+            eval_every=config.eval_every or max(1, total_steps // 100),
+            weights_name=model_io.STUDENT_WEIGHTS,
+            loss_fn=(
+                kd_at_loss_fn(teacher, config.alpha, config.temperature, config.beta)
+                if teacher is not None
+                else supervised.cross_entropy
+            ),
+            mixed_precision=config.mixed_precision,
+            jit=config.jit,
+            stop_at=config.stop_at,
+            restart=config.restart,
+            log_every=config.log_every,
+            label="few-shot step",
+            strategy=strategy,
+        )
+        results |= {
+            "m_per_class": config.m_per_class,
+            "subset_size": len(images),
+            "method": record["method"],
+        }
+        if chief:
+            runs.write_json(f"{config.output_dir}/{runs.RESULTS_FILE}", results)
+        return results

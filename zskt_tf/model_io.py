@@ -18,6 +18,13 @@ STUDENT_WEIGHTS = "student.weights.h5"
 GENERATOR_WEIGHTS = "generator.weights.h5"
 
 
+def save_weights(model: keras.Model, path: str | pathlib.Path) -> None:
+    """model.save_weights written atomically: a crash or a full disk leaves the
+    previous file whole (zskt_tf.runs.atomic_path)."""
+    with runs.atomic_path(path) as temporary:
+        model.save_weights(temporary)
+
+
 def _shapes(path) -> dict[str, tuple]:
     shapes = {}
     with h5py.File(path, "r") as file:

@@ -6,6 +6,8 @@ import pathlib
 
 import numpy as np
 
+from zskt_tf import runs
+
 
 def to_display(images: np.ndarray, mean, std) -> np.ndarray:
     """Normalised images -> [0, 1] RGB/gray for display (undo the normalisation)."""
@@ -42,7 +44,8 @@ def save_image_grid(
     picture = Image.fromarray(grid).resize(
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
     )
-    picture.save(path)
+    with runs.atomic_path(path) as temporary:
+        picture.save(temporary, format="PNG")
 
 
 def save_curves(
@@ -95,5 +98,13 @@ def save_curves(
         )
         loss_axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: str | pathlib.Path) -> None:
+    """Writes a matplotlib figure as PNG atomically, then closes it."""
+    import matplotlib.pyplot as plt
+
+    with runs.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)

@@ -4,7 +4,8 @@ A trainer (teacher/few-shot SGD, zero-shot distillation) owns its networks, its
 compiled step and its outputs; run() owns the clock and everything around it:
 
 - the step counter and elapsed time, checkpointed with the trainer's objects, so
-  rerunning the same command resumes where the last checkpoint left off;
+  rerunning the same command resumes where the newest readable checkpoint left off
+  (damaged ones are set aside, zskt_tf.checkpoints.resume);
 - running means of the step's metrics: TensorBoard scalars every log_every steps,
   and per-evaluation window means in history.json (both checkpointed, so a resumed
   run logs the same values as an uninterrupted one);
@@ -12,6 +13,9 @@ compiled step and its outputs; run() owns the clock and everything around it:
 - stops: SIGINT/SIGTERM and stop_at save a checkpoint, let the trainer write its
   current outputs and raise checkpoints.Interrupted; a non-finite loss raises a
   one-line UserError and keeps the last good checkpoint;
+- timeline.json: the time spent in training steps (and wall time) at each
+  evaluation, for time-to-accuracy curves;
+- a full disk ends the run with one line, the last checkpoint intact;
 - results.json at the end: the trainer's results plus wall time and speed.
 
 Under tf.distribute every process runs the loop (evaluations and checkpoint saves
@@ -37,6 +41,8 @@ from zskt_tf.errors import UserError
 from zskt_tf.progress import Progress
 
 HISTORY_FILE = "history.json"
+# Time at each evaluation: in training steps only, and wall time (time to accuracy).
+TIMELINE_FILE = "timeline.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,9 @@ class LoopSettings:
     step_name: str = "step"
     progress_label: str = "step"
     evaluate_at_start: bool = False
+    # When checkpoints exist but none reads back, start again from step 0 instead
+    # of stopping (the damaged ones are kept aside; zskt_tf.checkpoints.resume).
+    restart: bool = False
 
     def checkpoint_interval(self) -> int:
         return self.checkpoint_every or self.eval_every
@@ -144,34 +153,60 @@ class _Run:
         self.chief = distribution.is_chief(strategy)
         self.step = tf.Variable(0, dtype=tf.int64, name=settings.step_name)
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed_seconds")
+        # Time spent in training steps only (no evaluations, checkpoints or logs),
+        # over every session of the run: the clock of time-to-accuracy curves.
+        self.train_clock = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
         self.log_window, self.eval_window = _Metrics(tags), _Metrics(tags)
-        self.checkpoint, self.manager = checkpoints.checkpoint_manager(
-            distribution.checkpoint_dir(strategy, self.output_dir),
-            **trainer.checkpointables(),
-            **{settings.step_name: self.step},
-            elapsed=self.elapsed,
-            log_metrics=self.log_window.variables(),
-            eval_metrics=self.eval_window.variables(),
+        # Every process restores from the run directory; only the chief repairs it.
+        self.checkpoint, _ = checkpoints.resume(
+            dict(
+                **trainer.checkpointables(),
+                **{settings.step_name: self.step},
+                elapsed=self.elapsed,
+                log_metrics=self.log_window.variables(),
+                eval_metrics=self.eval_window.variables(),
+            ),
+            self.output_dir,
+            restart=settings.restart,
+            repair=self.chief,
+            optional=dict(train_seconds=self.train_clock),
         )
-        checkpoints.restore_latest(self.checkpoint, self.output_dir)
-        self.history = self._load_history()
+        self.manager = checkpoints.checkpoint_manager(
+            self.checkpoint, distribution.checkpoint_dir(strategy, self.output_dir)
+        )
+        self.history = self._load_until_step(HISTORY_FILE)
+        self.timeline = self._load_until_step(TIMELINE_FILE)
         self.session_start = time.perf_counter()
         self.start_elapsed = float(self.elapsed)
         self.start_step = int(self.step)
         self.train_seconds = 0.0
 
-    def _load_history(self) -> list[dict]:
-        """history.json up to the restored step: later entries were never saved."""
-        path = self.output_dir / HISTORY_FILE
-        history = runs.read_json(path) if path.exists() else []
+    def _load_until_step(self, filename: str) -> list[dict]:
+        """A per-evaluation record (history.json, timeline.json) up to the restored
+        step: later entries belong to a checkpoint that was never saved."""
+        path = self.output_dir / filename
+        entries = runs.read_json(path) if path.exists() else []
         name = self.settings.step_name
-        return [entry for entry in history if entry[name] <= int(self.step)]
+        return [entry for entry in entries if entry[name] <= int(self.step)]
 
     def save(self) -> None:
-        self.elapsed.assign(
-            self.start_elapsed + time.perf_counter() - self.session_start
-        )
-        self.manager.save(checkpoint_number=int(self.step))
+        self.elapsed.assign(self.wall_seconds())
+        previous = self.manager.latest_checkpoint
+        try:
+            self.manager.save(checkpoint_number=int(self.step))
+        except (OSError, tf.errors.OpError) as error:
+            # A full disk or a lost mount: the previous checkpoint is whole (the
+            # index names a new checkpoint only once its files are written).
+            raise UserError(
+                f"cannot write checkpoint {int(self.step)} in {self.output_dir} "
+                f"({checkpoints.describe(error)}); the previous "
+                f"checkpoint ({previous or 'none yet'}) is intact: "
+                f"{'free some disk space' if checkpoints.disk_full(error) else 'fix'}"
+                " and rerun the same command to resume"
+            ) from None
+
+    def wall_seconds(self) -> float:
+        return self.start_elapsed + time.perf_counter() - self.session_start
 
     def record(self, step: int, window: dict) -> None:
         """Evaluates, appends the history entry and writes history.json."""
@@ -181,8 +216,16 @@ class _Run:
         for key, value in entry.items():
             if key.startswith("test_"):
                 tf.summary.scalar(f"test/{key[len('test_') :]}", value, step=step)
+        self.timeline.append(
+            {
+                self.settings.step_name: step,
+                "train_seconds": round(float(self.train_clock), 2),
+                "wall_seconds": round(self.wall_seconds(), 1),
+            }
+        )
         self.trainer.on_evaluation(entry, self.history)
         runs.write_json(self.output_dir / HISTORY_FILE, self.history)
+        runs.write_json(self.output_dir / TIMELINE_FILE, self.timeline)
 
     def stop(self, at_stop: bool) -> None:
         """at_stop: the stop is stop_at's (StoppedAt), not a signal's (Interrupted)."""
@@ -244,7 +287,9 @@ class _Run:
                 started = time.perf_counter()
                 values = trainer.train_step(batch, step)
                 self.check_finite(values, step)
-                self.train_seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.train_seconds += seconds
+                self.train_clock.assign_add(seconds)
                 self.step.assign_add(1)
                 progress.update(
                     step + 1,
@@ -286,19 +331,41 @@ def run(
 
     Raises:
         checkpoints.Interrupted: SIGINT/SIGTERM or stop_at; a checkpoint was saved.
-        UserError: a non-finite loss (the last good checkpoint is kept).
+        UserError: a non-finite loss (the last good checkpoint is kept); a full
+            disk (the last checkpoint is intact); checkpoints that all fail to read
+            back, unless settings.restart.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    loop = _Run(trainer, settings, tags, strategy)
+    loop = None
+    try:
+        loop = _Run(trainer, settings, tags, strategy)
+        return _run(loop, settings)
+    except (OSError, RuntimeError, tf.errors.OpError) as error:
+        if not checkpoints.disk_full(error):
+            raise
+        # A write other than a checkpoint's (history, weights, pictures) failed.
+        latest = loop.manager.latest_checkpoint if loop else None
+        raise UserError(
+            f"no space left on device ({checkpoints.describe(error)});"
+            f" the last checkpoint ({latest or 'none yet'}) is intact: free some "
+            "disk space and rerun the same command to resume"
+        ) from None
+
+
+def _run(loop: _Run, settings: LoopSettings) -> dict:
+    trainer = loop.trainer
     writer = (
         tf.summary.create_file_writer(str(loop.output_dir / "logs"))
         if loop.chief
         else tf.summary.create_noop_writer()
     )
-    with checkpoints.InterruptGuard() as guard, writer.as_default():
-        if settings.evaluate_at_start and not loop.history:
-            loop.record(0, {})  # the untrained network; a resumed run keeps it
-        loop.train(guard)
+    try:
+        with checkpoints.InterruptGuard() as guard, writer.as_default():
+            if settings.evaluate_at_start and not loop.history:
+                loop.record(0, {})  # the untrained network; a resumed run keeps it
+            loop.train(guard)
+    finally:
+        writer.close()  # however the run ends, no file is left open
     loop.save()
     timing = loop.results()
     results = {
@@ -306,6 +373,7 @@ def run(
         **trainer.finish(loop.history, timing),
         **timing,
         "history": loop.history,
+        "timeline": loop.timeline,
     }
     if loop.chief:
         runs.write_json(loop.output_dir / runs.RESULTS_FILE, results)

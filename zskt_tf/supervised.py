@@ -10,7 +10,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from zskt_tf import distribution, evaluation, losses, pipelines, run_loop
+from zskt_tf import (
+    distribution,
+    evaluation,
+    losses,
+    model_io,
+    pipelines,
+    run_loop,
+)
 from zskt_tf.errors import UserError
 from zskt_tf.optimizers import TorchSGD
 from zskt_tf.schedules import cosine, one_cycle, step_decay
@@ -220,7 +227,7 @@ class SGDTrainer(run_loop.Trainer):
     def finish(self, history: list[dict], timing: dict) -> dict:
         path = pathlib.Path(self.output_dir) / self.weights_name
         if distribution.is_chief(self.strategy):
-            self.model.save_weights(path)
+            model_io.save_weights(self.model, path)
         logging.info(
             "done: test accuracy %.4f, weights in %s",
             history[-1]["test_accuracy"],
@@ -253,10 +260,13 @@ def train_supervised(
     log_every: int = 50,
     label: str = "step",
     strategy=None,
+    restart: bool = False,
 ) -> dict:
     """Trains model with SGD on (train_images, train_labels), resuming if it can.
 
-    The caller has prepared output_dir (config.json). Evaluates on data's test split
+    The caller has prepared output_dir (config.json) and holds its lock
+    (zskt_tf.runs.open_run). restart: start from step 0 when checkpoints exist
+    but none reads back (zskt_tf.checkpoints.resume). Evaluates on data's test split
     every eval_every steps and at the end; checkpoints at each evaluation, on
     SIGINT/SIGTERM and at stop_at. Training batches depend only on (seed, epoch,
     batch), so a resumed run ends with the same weights as an uninterrupted one.
@@ -288,6 +298,7 @@ def train_supervised(
         log_every=log_every,
         stop_at=stop_at,
         progress_label=label,
+        restart=restart,
     )
     return run_loop.run(
         trainer, settings, ("train/loss", "train/accuracy"), trainer.strategy

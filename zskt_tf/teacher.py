@@ -17,7 +17,14 @@ from zskt_tf.training import (
 from zskt_tf.wide_resnet import check_architecture, wide_resnet
 
 # Keys of the config that may change between a run and its resumption.
-RUN_CONTROL_KEYS = ("output_dir", "data_dir", "cache_dir", "stop_at", "log_every")
+RUN_CONTROL_KEYS = (
+    "output_dir",
+    "data_dir",
+    "cache_dir",
+    "stop_at",
+    "log_every",
+    "restart",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,6 +48,7 @@ class TeacherConfig(supervised.SGDRecipe):
     mixed_precision: bool = False
     jit: bool = False
     stop_at: int | None = None  # stop after this many training steps (Colab chunks)
+    restart: bool = False  # start again when no checkpoint reads back
     log_every: int = 50  # steps between TensorBoard scalars
 
     def resolved_epochs(self) -> int:
@@ -98,39 +106,40 @@ def train_teacher(
         "input_shape": list(data.info.image_shape),
         "dataset_info": data.info.to_json(),
     }
-    runs.prepare_output_dir(
+    with runs.open_run(
         config.output_dir,
         record,
         ignore=RUN_CONTROL_KEYS,
         defaults=runs.field_defaults(config),
         write=distribution.is_chief(strategy),
-    )
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope(), mixed_precision_scope(config.mixed_precision):
-        model = wide_resnet(
-            config.depth,
-            config.width,
-            data.info.num_classes,
-            data.info.image_shape,
-            synchronized=distribution.replicas(strategy) > 1,
+    ):
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope(), mixed_precision_scope(config.mixed_precision):
+            model = wide_resnet(
+                config.depth,
+                config.width,
+                data.info.num_classes,
+                data.info.image_shape,
+                synchronized=distribution.replicas(strategy) > 1,
+            )
+        steps_per_epoch = -(-len(data.train_images) // config.batch_size)
+        return supervised.train_supervised(
+            model=model,
+            train_images=data.train_images,
+            train_labels=data.train_labels,
+            data=data,
+            recipe=config,
+            output_dir=config.output_dir,
+            seed=config.seed,
+            total_steps=epochs * steps_per_epoch,
+            eval_every=steps_per_epoch,
+            weights_name=model_io.TEACHER_WEIGHTS,
+            loss_fn=supervised.smoothed_cross_entropy(config.label_smoothing),
+            mixed_precision=config.mixed_precision,
+            jit=config.jit,
+            stop_at=config.stop_at,
+            restart=config.restart,
+            log_every=config.log_every,
+            label="teacher step",
+            strategy=strategy,
         )
-    steps_per_epoch = -(-len(data.train_images) // config.batch_size)
-    return supervised.train_supervised(
-        model=model,
-        train_images=data.train_images,
-        train_labels=data.train_labels,
-        data=data,
-        recipe=config,
-        output_dir=config.output_dir,
-        seed=config.seed,
-        total_steps=epochs * steps_per_epoch,
-        eval_every=steps_per_epoch,
-        weights_name=model_io.TEACHER_WEIGHTS,
-        loss_fn=supervised.smoothed_cross_entropy(config.label_smoothing),
-        mixed_precision=config.mixed_precision,
-        jit=config.jit,
-        stop_at=config.stop_at,
-        log_every=config.log_every,
-        label="teacher step",
-        strategy=strategy,
-    )

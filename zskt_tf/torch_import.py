@@ -216,5 +216,5 @@ def import_checkpoint(
             f"{output_dir} already exists and is not empty; choose a new --output_dir"
         )
     runs.prepare_output_dir(output_dir, record)
-    model.save_weights(output_dir / model_io.TEACHER_WEIGHTS)
+    model_io.save_weights(model, output_dir / model_io.TEACHER_WEIGHTS)
     return output_dir

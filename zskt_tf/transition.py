@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from zskt_tf import pipelines
+from zskt_tf import pipelines, plots
 from zskt_tf.errors import UserError
 
 
@@ -178,5 +178,4 @@ def save_plot(
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    plots.save_figure(figure, path)
