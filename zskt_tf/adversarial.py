@@ -3,20 +3,16 @@ takes n_g generator steps and then n_s student steps on the same pseudo batch.""
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
 from zskt_tf import distribution, losses, schedules
-from zskt_tf.errors import UserError
+from zskt_tf.configs import ADVERSARIAL_LOSSES, GameConfig  # noqa: F401 (re-exported)
 from zskt_tf.optimizers import TorchAdam
-from zskt_tf.training import positive
 from zskt_tf.wide_resnet import TAPS
 
 # PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
 ADAM_EPSILON = 1e-8
-ADVERSARIAL_LOSSES = ("kl", "l1")
 # Every run logs these; bn_prior and balance_prior add their own terms.
 METRICS = (
     "train/generator_loss",
@@ -27,65 +23,6 @@ METRICS = (
     "train/teacher_max_prob",
     "train/student_max_prob",
 )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GameConfig:
-    """The method's hyper-parameters; every default is the paper's (sections 2-3)."""
-
-    generator_steps: int = 1  # n_g
-    student_steps: int = 10  # n_s
-    total_iterations: int = 80_000
-    # Length of the cosine schedules; None means total_iterations. A shorter run of
-    # a longer schedule follows the paper's learning rates for its first iterations.
-    schedule_iterations: int | None = None
-    student_lr: float = 2e-3
-    generator_lr: float = 1e-3
-    beta: float = 250.0
-    temperature: float = 1.0
-    grad_clip: float = 5.0
-    jit: bool = False
-    # Beyond the paper (reference section 9); the defaults are the paper's method.
-    adversarial_loss: str = "kl"  # "l1": DFAD's logit distance, for both players
-    bn_prior: float = 0.0  # weight of the teacher's BatchNorm-statistics prior
-    balance_prior: float = 0.0  # weight of the class-balance (entropy) prior
-
-    def metric_tags(self) -> tuple[str, ...]:
-        """The metric tags the iteration returns under these settings."""
-        extra = ("train/bn_loss",) * bool(self.bn_prior) + (
-            "train/balance_loss",
-        ) * bool(self.balance_prior)
-        return METRICS + extra
-
-    def resolved_schedule(self) -> int:
-        return self.schedule_iterations or self.total_iterations
-
-    def validate(self) -> None:
-        for name in (
-            "generator_steps",
-            "student_steps",
-            "total_iterations",
-            "student_lr",
-            "generator_lr",
-            "temperature",
-            "grad_clip",
-        ):
-            positive(name, getattr(self, name))
-        for name in ("beta", "bn_prior", "balance_prior"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.adversarial_loss not in ADVERSARIAL_LOSSES:
-            raise UserError(
-                f"adversarial_loss must be one of {', '.join(ADVERSARIAL_LOSSES)}, "
-                f"got {self.adversarial_loss!r}"
-            )
-        if self.schedule_iterations is not None and (
-            self.schedule_iterations < self.total_iterations
-        ):
-            raise UserError(
-                f"schedule_iterations ({self.schedule_iterations}) must be at least "
-                f"total_iterations ({self.total_iterations})"
-            )
 
 
 def adam(learning_rate: float, grad_clip: float, mixed_precision: bool):

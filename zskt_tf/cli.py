@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import types
+import typing
+from collections.abc import Iterable
 
 # Quiet TensorFlow's C++ start-up chatter before it is imported (programs only).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,3 +78,61 @@ def strategy_from_flags():
     from zskt_tf import distribution
 
     return distribution.make_strategy(flags.FLAGS.strategy, flags.FLAGS.tpu)
+
+
+def _flag_type(hint) -> type:
+    """The flag type of a config field's annotation: int, float, str, bool or tuple
+    (of floats); X | None counts as X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    return hint
+
+
+def _config_flags(config_class, skip: Iterable[str]) -> list[tuple]:
+    """(field, flag name, type) of every field of config_class that is a flag."""
+    hints = typing.get_type_hints(config_class)
+    return [
+        (field, field.metadata.get("flag") or field.name, _flag_type(hints[field.name]))
+        for field in dataclasses.fields(config_class)
+        if field.name not in skip and "help" in field.metadata
+    ]
+
+
+def define_config_flags(config_class, skip: Iterable[str] = ()) -> None:
+    """Defines one absl flag per field of a zskt_tf.configs dataclass, with the
+    field's default and help; a field without a default is a required flag.
+
+    Args:
+        config_class: e.g. zskt_tf.configs.DistillConfig.
+        skip: fields the program sets itself (e.g. "seed" where --seeds is a list).
+    """
+    for field, name, kind in _config_flags(config_class, skip):
+        help_text = field.metadata["help"]
+        default = None if field.default is dataclasses.MISSING else field.default
+        if field.metadata.get("choices"):
+            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text)
+        elif kind is bool:
+            flags.DEFINE_boolean(name, default, help_text)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text)
+        elif kind is tuple:
+            flags.DEFINE_list(name, [str(v) for v in default or ()], help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+        if field.default is dataclasses.MISSING:
+            flags.mark_flag_as_required(name)
+
+
+def config_from_flags(config_class, skip: Iterable[str] = (), **values):
+    """The config the parsed flags describe (plus `values` for skipped fields)."""
+    for field, name, kind in _config_flags(config_class, skip):
+        value = getattr(flags.FLAGS, name)
+        if kind is tuple:
+            value = parse_floats(",".join(value), name)
+        values[field.name] = value
+    return config_class(**values)

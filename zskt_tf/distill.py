@@ -23,14 +23,14 @@ from zskt_tf import (
     runs,
     schedules,
 )
+from zskt_tf.configs import DistillConfig
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
 from zskt_tf.training import (
     check_accelerator_options,
     mixed_precision_scope,
-    positive,
 )
-from zskt_tf.wide_resnet import check_architecture, check_taps_match, wide_resnet
+from zskt_tf.wide_resnet import check_taps_match, wide_resnet
 
 # Keys that may differ between a run and its resumption without changing the result.
 RUN_CONTROL_KEYS = (
@@ -58,48 +58,6 @@ COLLAPSED_KL = 0.005
 def collapsed(entry: dict) -> bool:
     """Whether a history entry's window shows a collapsed game."""
     return entry.get("generator_kl", 1.0) < COLLAPSED_KL
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DistillConfig(adversarial.GameConfig):
-    """A zero-shot run. Defaults are the paper's (reference sections 2-3).
-
-    The method's fields (steps, learning rates, schedule, beta, ...) come from
-    adversarial.GameConfig. dataset=None takes the teacher's dataset; it is used for
-    evaluation only. eval_every=None evaluates every 1% of the run.
-    """
-
-    teacher: str
-    output_dir: str
-    dataset: str | None = None
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    student_depth: int = 16
-    student_width: int = 1
-    batch_size: int = 128
-    z_dim: int = 100
-    eval_every: int | None = None
-    seed: int = 0
-    mixed_precision: bool = False
-    stop_at: int | None = None
-    checkpoint_every: int | None = None  # iterations; default: at every evaluation
-    log_every: int = 10
-    restart: bool = False  # start again when no checkpoint reads back
-
-    def resolved_eval_every(self) -> int:
-        return self.eval_every or max(1, self.total_iterations // 100)
-
-    def validate(self) -> None:
-        super().validate()
-        check_architecture(self.student_depth, self.student_width)
-        for name in ("batch_size", "z_dim"):
-            positive(name, getattr(self, name))
-        if self.eval_every is not None:
-            positive("eval_every", self.eval_every)
-        if self.batch_size < 2:
-            raise UserError(
-                "batch_size must be at least 2 (BatchNorm batch statistics)"
-            )
 
 
 def check_inputs(

@@ -9,13 +9,13 @@ import keras
 import tensorflow as tf
 
 from zskt_tf import datasets, distribution, losses, model_io, runs, supervised
+from zskt_tf.configs import FewShotConfig
 from zskt_tf.errors import UserError
 from zskt_tf.training import (
     check_accelerator_options,
     mixed_precision_scope,
-    positive,
 )
-from zskt_tf.wide_resnet import TAPS, check_architecture, check_taps_match, wide_resnet
+from zskt_tf.wide_resnet import TAPS, check_taps_match, wide_resnet
 
 RUN_CONTROL_KEYS = (
     "output_dir",
@@ -28,47 +28,6 @@ RUN_CONTROL_KEYS = (
     "init_student",
     "restart",
 )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class FewShotConfig(supervised.SGDRecipe):
-    """A student trained on M images per class with the teacher's SGD recipe.
-
-    m_per_class=-1 uses all the data. The number of steps equals that of a
-    reference_epochs run on the full training split (section 6), so epochs over the
-    subset are scaled up and the lr milestones with them. The SGD fields come from
-    supervised.SGDRecipe (the teacher's recipe).
-    """
-
-    output_dir: str
-    m_per_class: int = 200
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    teacher: str | None = None  # KD+AT when given, plain cross entropy otherwise
-    init_student: str | None = None  # fine-tune this run's student instead
-    student_depth: int = 16
-    student_width: int = 1
-    reference_epochs: int = 200
-    alpha: float = 0.9
-    temperature: float = 4.0
-    beta: float = 1000.0
-    seed: int = 0
-    eval_every: int | None = None  # steps; default 1% of the run
-    mixed_precision: bool = False
-    jit: bool = False
-    stop_at: int | None = None
-    log_every: int = 50
-    restart: bool = False  # start again when no checkpoint reads back
-
-    def validate(self) -> None:
-        check_architecture(self.student_depth, self.student_width)
-        positive("reference_epochs", self.reference_epochs)
-        super().validate()
-        if self.m_per_class != -1:
-            positive("m_per_class", self.m_per_class)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"alpha must be in [0, 1], got {self.alpha}")
 
 
 def kd_at_loss_fn(teacher, alpha: float, temperature: float, beta: float):

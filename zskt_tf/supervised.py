@@ -3,7 +3,6 @@ the few-shot baselines: resumable, logged, evaluated every N steps."""
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import keras
@@ -18,43 +17,8 @@ from zskt_tf import (
     pipelines,
     run_loop,
 )
-from zskt_tf.errors import UserError
+from zskt_tf.configs import LR_SCHEDULES, SGDRecipe  # noqa: F401 (re-exported)
 from zskt_tf.optimizers import TorchSGD
-from zskt_tf.schedules import cosine, one_cycle, step_decay
-from zskt_tf.training import positive
-
-LR_SCHEDULES = ("step", "cosine", "onecycle")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SGDRecipe:
-    """SGD momentum 0.9, weight decay 5e-4 (PyTorch L2), lr 0.1, batch 128, lr x0.2
-    at 30/60/80% of the run (section 4). "cosine" (lr to 0) and "onecycle" (linear
-    warm-up to lr over 20% of the run, then linear to 0) are options for short runs."""
-
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    lr_decay: float = 0.2
-    lr_milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-
-    def validate(self) -> None:
-        positive("batch_size", self.batch_size)
-        positive("lr", self.lr)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UserError(
-                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
-                f"{self.lr_schedule!r}"
-            )
-
-    def learning_rate(self, step: int, total_steps: int) -> float:
-        if self.lr_schedule == "cosine":
-            return cosine(self.lr, step, total_steps)
-        if self.lr_schedule == "onecycle":
-            return one_cycle(self.lr, step, total_steps)
-        return step_decay(self.lr, step, total_steps, self.lr_decay, self.lr_milestones)
 
 
 def cross_entropy(images, labels, outputs):

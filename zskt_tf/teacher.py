@@ -8,13 +8,13 @@ import keras
 import tensorflow as tf
 
 from zskt_tf import datasets, distribution, model_io, runs, supervised
+from zskt_tf.configs import TeacherConfig
 from zskt_tf.errors import UserError
 from zskt_tf.training import (
     check_accelerator_options,
     mixed_precision_scope,
-    positive,
 )
-from zskt_tf.wide_resnet import check_architecture, wide_resnet
+from zskt_tf.wide_resnet import wide_resnet
 
 # Keys of the config that may change between a run and its resumption.
 RUN_CONTROL_KEYS = (
@@ -25,47 +25,6 @@ RUN_CONTROL_KEYS = (
     "log_every",
     "restart",
 )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherConfig(supervised.SGDRecipe):
-    """Everything that defines a teacher run. Defaults are the authors' (section 4).
-
-    epochs=None means 200 for CIFAR and 100 for SVHN (and other sets). The SGD
-    fields (batch_size, lr, momentum, weight_decay, lr_schedule, lr_decay,
-    lr_milestones) come from supervised.SGDRecipe.
-    """
-
-    output_dir: str
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    depth: int = 40
-    width: int = 2
-    epochs: int | None = None
-    label_smoothing: float = 0.0  # not in the paper (0): see smoothed_cross_entropy
-    seed: int = 0
-    mixed_precision: bool = False
-    jit: bool = False
-    stop_at: int | None = None  # stop after this many training steps (Colab chunks)
-    restart: bool = False  # start again when no checkpoint reads back
-    log_every: int = 50  # steps between TensorBoard scalars
-
-    def resolved_epochs(self) -> int:
-        if self.epochs is not None:
-            return self.epochs
-        return 200 if self.dataset.startswith("cifar") else 100
-
-    def validate(self) -> None:
-        check_architecture(self.depth, self.width)
-        positive("epochs", self.resolved_epochs())
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError(
-                f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
-            )
-        super().validate()
-        if self.dataset != datasets.FOLDER:
-            datasets.get_info(self.dataset)
 
 
 def train_teacher(

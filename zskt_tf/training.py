@@ -7,13 +7,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from zskt_tf.configs import positive  # noqa: F401 (re-exported)
 from zskt_tf.errors import UserError
-
-
-def positive(name: str, value) -> None:
-    """Raises a one-line UserError unless value > 0."""
-    if value is None or value <= 0:
-        raise UserError(f"{name} must be positive, got {value}")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import functools
 
 import keras
 
+from zskt_tf.configs import check_architecture  # noqa: F401 (re-exported)
 from zskt_tf.errors import UserError
 
 # PyTorch BatchNorm2d defaults (eps 1e-5, running-stat momentum 0.1, which is Keras
@@ -45,24 +46,6 @@ def output_dtype() -> str:
     dtype, so float32 under mixed precision (softmax and losses stay stable there)
     and the policy's own dtype otherwise (float64 for the parity tests)."""
     return keras.config.dtype_policy().variable_dtype
-
-
-def check_architecture(depth: int, width: int) -> int:
-    """Validates a WRN-depth-width and returns the number of blocks per group.
-
-    Raises:
-        UserError: depth is not 6n+4 with n >= 1, or width is not positive.
-    """
-    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise UserError(
-            f"invalid Wide ResNet depth {depth}: depth must be 6n+4 "
-            "(10, 16, 22, 28, 40, ...)"
-        )
-    if not isinstance(width, int) or width < 1:
-        raise UserError(
-            f"invalid Wide ResNet width {width}: must be a positive integer"
-        )
-    return (depth - 4) // 6
 
 
 def _conv(x, filters: int, kernel_size: int, strides: int, name: str):

@@ -1,0 +1,332 @@
+"""Every run's settings as frozen dataclasses: one place per option.
+
+Each field is declared once, with its default, its help text and (where users type a
+shorter name, e.g. --n_s) its flag name; the programs in bin/ derive their flags from
+these fields (zskt_tf.cli.define_config_flags). Validation raises one-line UserErrors.
+This module imports neither TensorFlow nor Keras, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from zskt_tf import schedules
+from zskt_tf.errors import UserError
+
+LR_SCHEDULES = ("step", "cosine", "onecycle")
+ADVERSARIAL_LOSSES = ("kl", "l1")
+
+
+def option(default, help: str, flag: str | None = None, choices=None):  # noqa: A002
+    """A config field with what its command-line flag needs: the help text, the
+    flag's name when it differs from the field's, and the allowed values."""
+    metadata = {"help": help, "flag": flag, "choices": choices}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def required(help: str):  # noqa: A002
+    """A config field without a default (a required flag)."""
+    return dataclasses.field(metadata={"help": help, "flag": None, "choices": None})
+
+
+def positive(name: str, value) -> None:
+    """Raises a one-line UserError unless value > 0."""
+    if value is None or value <= 0:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_architecture(depth: int, width: int) -> int:
+    """Validates a WRN-depth-width and returns the number of blocks per group.
+
+    Raises:
+        UserError: depth is not 6n+4 with n >= 1, or width is not positive.
+    """
+    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        raise UserError(
+            f"invalid Wide ResNet depth {depth}: depth must be 6n+4 "
+            "(10, 16, 22, 28, 40, ...)"
+        )
+    if not isinstance(width, int) or width < 1:
+        raise UserError(
+            f"invalid Wide ResNet width {width}: must be a positive integer"
+        )
+    return (depth - 4) // 6
+
+
+# ------------------------------------------------------------------ SGD (section 4)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SGDRecipe:
+    """SGD momentum 0.9, weight decay 5e-4 (PyTorch L2), lr 0.1, batch 128, lr x0.2
+    at 30/60/80% of the run (section 4). "cosine" (lr to 0) and "onecycle" (linear
+    warm-up to lr over 20% of the run, then linear to 0) are options for short runs."""
+
+    batch_size: int = option(128, "Batch size.")
+    lr: float = option(0.1, "Initial learning rate (onecycle: the peak).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(5e-4, "L2 added to the gradient (PyTorch SGD).")
+    lr_schedule: str = option(
+        "step",
+        "step (the paper's decays at milestones), cosine, or onecycle (linear "
+        "warm-up over 20% of the run, then linear decay to 0): for short runs.",
+        choices=LR_SCHEDULES,
+    )
+    lr_decay: float = option(0.2, "Step schedule: lr factor at each milestone.")
+    lr_milestones: tuple[float, ...] = option(
+        (0.3, 0.6, 0.8), "Step schedule: fractions of the run."
+    )
+
+    def validate(self) -> None:
+        positive("batch_size", self.batch_size)
+        positive("lr", self.lr)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+
+    def learning_rate(self, step: int, total_steps: int) -> float:
+        if self.lr_schedule == "cosine":
+            return schedules.cosine(self.lr, step, total_steps)
+        if self.lr_schedule == "onecycle":
+            return schedules.one_cycle(self.lr, step, total_steps)
+        return schedules.step_decay(
+            self.lr, step, total_steps, self.lr_decay, self.lr_milestones
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where a run writes and how it is controlled; none changes its result."""
+
+    output_dir: str = required("Run directory; rerun the same command to resume.")
+    data_dir: str | None = option(
+        None, "Local dataset files; default: tensorflow-datasets."
+    )
+    cache_dir: str | None = option(
+        None, "Cache of decoded local files (~/.cache/zskt_tf)."
+    )
+    mixed_precision: bool = option(False, "mixed_float16 (GPU).")
+    stop_at: int | None = option(
+        None,
+        "Stop at this step (iteration) with a checkpoint; rerun without it to "
+        "continue (Colab chunks).",
+    )
+    restart: bool = option(
+        False,
+        "When checkpoints exist but none reads back whole (they are moved to "
+        "checkpoints/damaged/), start the run again from the beginning.",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherConfig(RunOptions, SGDRecipe):
+    """Everything that defines a teacher run. Defaults are the authors' (section 4).
+
+    epochs=None means 200 for CIFAR and 100 for SVHN (and other sets).
+    """
+
+    dataset: str = option(
+        "cifar10",
+        "Dataset name (cifar10, cifar100, svhn, fashion_mnist, mnist, folder).",
+    )
+    depth: int = option(40, "WRN depth (6n+4).")
+    width: int = option(2, "WRN widening factor.")
+    epochs: int | None = option(None, "Epochs; default 200 for CIFAR, 100 otherwise.")
+    label_smoothing: float = option(
+        0.0, "Not in the paper (0): train on (1 - s) one-hot + s / classes targets."
+    )
+    seed: int = option(0, "Random seed (init, data order, augmentation).")
+    jit: bool = option(False, "XLA-compile the training step.")
+    log_every: int = option(50, "Steps between TensorBoard scalars.")
+
+    def resolved_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return 200 if self.dataset.startswith("cifar") else 100
+
+    def validate(self) -> None:
+        from zskt_tf import datasets
+
+        check_architecture(self.depth, self.width)
+        positive("epochs", self.resolved_epochs())
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+        super().validate()
+        if self.dataset != datasets.FOLDER:
+            datasets.get_info(self.dataset)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FewShotConfig(RunOptions, SGDRecipe):
+    """A student trained on M images per class with the teacher's SGD recipe.
+
+    m_per_class=-1 uses all the data. The number of steps equals that of a
+    reference_epochs run on the full training split (section 6), so epochs over the
+    subset are scaled up and the lr milestones with them.
+    """
+
+    m_per_class: int = option(200, "Training images per class; -1 = all.")
+    dataset: str = option("cifar10", "Dataset name.")
+    teacher: str | None = option(
+        None, "Teacher run directory: KD+AT. Omit for the 'no teacher' baseline."
+    )
+    init_student: str | None = option(
+        None,
+        "Start from this student: a zero-shot run directory, or a .keras file (or "
+        "a run directory holding student.keras).",
+    )
+    student_depth: int = option(16, "Student WRN depth.")
+    student_width: int = option(1, "Student WRN width.")
+    reference_epochs: int = option(
+        200, "Steps equal a full-data run of this many epochs."
+    )
+    alpha: float = option(0.9, "KD+AT: weight of the KL term.")
+    temperature: float = option(4.0, "KD+AT: softmax temperature.")
+    beta: float = option(1000.0, "KD+AT: attention weight.")
+    seed: int = option(0, "Seed (subset, init, order).")
+    eval_every: int | None = option(
+        None, "Steps between evaluations (default 1% of the run)."
+    )
+    jit: bool = option(False, "XLA-compile the training step.")
+    log_every: int = option(50, "Steps between TensorBoard scalars.")
+
+    def validate(self) -> None:
+        check_architecture(self.student_depth, self.student_width)
+        positive("reference_epochs", self.reference_epochs)
+        super().validate()
+        if self.m_per_class != -1:
+            positive("m_per_class", self.m_per_class)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+# ------------------------------------------------------ the zero-shot game (2-3)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GameConfig:
+    """The method's hyper-parameters; every default is the paper's (sections 2-3)."""
+
+    generator_steps: int = option(1, "Generator steps per iteration.", flag="n_g")
+    student_steps: int = option(
+        10, "Student steps per iteration, on the same pseudo batch.", flag="n_s"
+    )
+    total_iterations: int = option(80_000, "Outer iterations (50000 for SVHN).")
+    # Length of the cosine schedules; None means total_iterations. A shorter run of
+    # a longer schedule follows the paper's learning rates for its first iterations.
+    schedule_iterations: int | None = option(
+        None,
+        "Length of the cosine schedules (default: --total_iterations); a shorter "
+        "run then follows the paper's first iterations.",
+    )
+    student_lr: float = option(2e-3, "Student Adam lr, cosine-annealed to 0.")
+    generator_lr: float = option(1e-3, "Generator Adam lr, cosine-annealed to 0.")
+    beta: float = option(250.0, "Attention-transfer weight (0 disables).")
+    temperature: float = option(1.0, "Softmax temperature of the KL.")
+    grad_clip: float = option(5.0, "Global-norm gradient clipping.")
+    jit: bool = option(False, "XLA-compile each step (GPU, TPU).")
+    # Beyond the paper (reference section 9); the defaults are the paper's method.
+    adversarial_loss: str = option(
+        "kl",
+        "Beyond the paper. What the generator maximises and the student minimises: "
+        "kl (the paper's) or l1 (mean absolute logit difference, DFAD).",
+        choices=ADVERSARIAL_LOSSES,
+    )
+    bn_prior: float = option(
+        0.0,
+        "Beyond the paper. Weight of the teacher's BatchNorm-statistics prior on "
+        "the generator (DFQ, DeepInversion); 0 = off, the paper's method.",
+    )
+    balance_prior: float = option(
+        0.0,
+        "Beyond the paper. Weight of the class-balance prior on the generator "
+        "(negative entropy of the batch-mean teacher prediction, DAFL/DFQ); 0 = off.",
+    )
+
+    def metric_tags(self) -> tuple[str, ...]:
+        """The metric tags the iteration returns under these settings."""
+        from zskt_tf.adversarial import METRICS
+
+        extra = ("train/bn_loss",) * bool(self.bn_prior) + (
+            "train/balance_loss",
+        ) * bool(self.balance_prior)
+        return METRICS + extra
+
+    def resolved_schedule(self) -> int:
+        return self.schedule_iterations or self.total_iterations
+
+    def validate(self) -> None:
+        for name in (
+            "generator_steps",
+            "student_steps",
+            "total_iterations",
+            "student_lr",
+            "generator_lr",
+            "temperature",
+            "grad_clip",
+        ):
+            positive(name, getattr(self, name))
+        for name in ("beta", "bn_prior", "balance_prior"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
+        if self.schedule_iterations is not None and (
+            self.schedule_iterations < self.total_iterations
+        ):
+            raise UserError(
+                f"schedule_iterations ({self.schedule_iterations}) must be at least "
+                f"total_iterations ({self.total_iterations})"
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillConfig(RunOptions, GameConfig):
+    """A zero-shot run. Defaults are the paper's (reference sections 2-3).
+
+    The method's fields (steps, learning rates, schedule, beta, ...) come from
+    GameConfig. dataset=None takes the teacher's dataset; it is used for evaluation
+    only. eval_every=None evaluates every 1% of the run.
+    """
+
+    teacher: str = required(
+        "The teacher: a zskt-tf-teacher (or zskt-tf-import-torch) run directory or "
+        "its teacher.weights.h5, embedded:<name>, or a Keras model saved as .keras."
+    )
+    dataset: str | None = option(
+        None,
+        "Evaluation dataset; default: the teacher's (none for a .keras teacher: "
+        "the run then reports agreement on generator samples). No training image "
+        "is ever read.",
+    )
+    student_depth: int = option(16, "Student WRN depth (6n+4).")
+    student_width: int = option(1, "Student WRN widening factor.")
+    batch_size: int = option(128, "Pseudo batch size.")
+    z_dim: int = option(100, "Noise dimension.")
+    eval_every: int | None = option(
+        None, "Iterations between test evaluations (default: 1% of the run)."
+    )
+    seed: int = option(0, "Seed of the student, the generator and the noise.")
+    checkpoint_every: int | None = option(
+        None, "Iterations between checkpoints (default: at every evaluation)."
+    )
+    log_every: int = option(10, "Iterations between TensorBoard scalars.")
+
+    def resolved_eval_every(self) -> int:
+        return self.eval_every or max(1, self.total_iterations // 100)
+
+    def validate(self) -> None:
+        super().validate()
+        check_architecture(self.student_depth, self.student_width)
+        for name in ("batch_size", "z_dim"):
+            positive(name, getattr(self, name))
+        if self.eval_every is not None:
+            positive("eval_every", self.eval_every)
+        if self.batch_size < 2:
+            raise UserError(
+                "batch_size must be at least 2 (BatchNorm batch statistics)"
+            )
