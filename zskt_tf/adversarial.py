@@ -6,9 +6,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from zskt_tf import distribution, losses, schedules
+from zskt_tf import distribution, losses, networks, schedules
 from zskt_tf.configs import ADVERSARIAL_LOSSES, GameConfig  # noqa: F401 (re-exported)
-from zskt_tf.optimizers import TorchAdam
+from zskt_tf.optimizers import TorchAdam, TorchSGD
 from zskt_tf.wide_resnet import TAPS
 
 # PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
@@ -25,6 +25,23 @@ METRICS = (
 )
 
 
+def student_optimizer(config):
+    """The student's optimiser: the authors' Adam (adam()), or PyTorch-style SGD
+    with momentum 0.9 as the replay methods use (reference section 10); both clip
+    the global-batch gradient to norm grad_clip."""
+    if config.student_optimizer == "sgd":
+        optimizer = TorchSGD(
+            learning_rate=config.student_lr,
+            momentum=0.9,
+            torch_weight_decay=config.student_weight_decay,
+            global_clipnorm=config.grad_clip,
+        )
+        if config.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+    return adam(config.student_lr, config.grad_clip, config.mixed_precision)
+
+
 def adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
     """The authors' optimiser: PyTorch's Adam, gradients clipped to norm grad_clip.
 
@@ -39,38 +56,34 @@ def adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
     return optimizer
 
 
-def _taps(outputs) -> list:
-    return [outputs[name] for name in TAPS]
-
-
 def _mean_max_prob(logits):
     probabilities = tf.nn.softmax(losses.at_least_float32(logits))
     return tf.reduce_mean(tf.reduce_max(probabilities, -1))
 
 
-BN_INPUT_PREFIX = "bn_input:"
+BN_INPUT_PREFIX = networks.BN_INPUT_PREFIX
+# The paper's attention pairs: the three groups' outputs of two Wide ResNets.
+WRN_PAIRS = tuple((tap, tap) for tap in TAPS)
 
 
-def with_batchnorm_inputs(teacher: keras.Model) -> tuple[keras.Model, list]:
-    """The teacher that also returns the input of each of its BatchNorm layers.
+def with_batchnorm_inputs(teacher) -> tuple[networks.TappedNetwork, list]:
+    """The teacher that also returns the input of each of its BatchNorm layers,
+    nested ones included, as "bn_input:<layer path>" beside its other outputs,
+    from the same forward pass (zskt_tf.networks).
 
-    A functional model built once on the same layers and weights: its extra outputs
-    are intermediate tensors of the one forward pass (no second pass). Outputs are
-    the teacher's dict plus "bn_input:<layer name>" entries.
+    Args:
+        teacher: a keras.Model or a TappedNetwork (whose taps are kept).
 
     Returns:
-        (the frozen model, its BatchNormalization layers in output order).
+        (the network, its BatchNormalization layers in the model's layer order).
     """
-    layers = [
-        layer
-        for layer in teacher.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    outputs = dict(teacher.output)
-    outputs |= {BN_INPUT_PREFIX + layer.name: layer.input for layer in layers}
-    model = keras.Model(teacher.input, outputs, name=f"{teacher.name}_bn_inputs")
-    model.trainable = False
-    return model, layers
+    if isinstance(teacher, networks.TappedNetwork):
+        if teacher.batch_norm_inputs:
+            return teacher, teacher.bn_layers
+        teacher = networks.TappedNetwork(teacher.model, teacher.taps, True)
+    else:
+        teacher = networks.TappedNetwork(teacher, batch_norm_inputs=True)
+    return teacher, teacher.bn_layers
 
 
 class AdversarialGame:
@@ -93,12 +106,25 @@ class AdversarialGame:
         generator_optimizer,
         config: GameConfig,
         strategy=None,
+        pairs=WRN_PAIRS,
+        input_map=None,
     ):
+        """Args: the frozen teacher and the student (keras.Models with dict
+        outputs, or zskt_tf.networks.TappedNetworks), the generator, the optimisers
+        (built), the settings, the strategy they were built under, the attention
+        pairs as (teacher output key, student output key), and input_map, the
+        per-channel (scale, shift) from the generator's standardised images to the
+        teacher's input space (zskt_tf.pixels; None: the same space, the paper's
+        case)."""
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
         self.teacher, self.bn_layers = (
             with_batchnorm_inputs(teacher) if config.bn_prior else (teacher, [])
         )
+        self.teacher_keys = [t for t, _ in pairs]
+        self.student_keys = [s for _, s in pairs]
+        self.input_map = input_map
+        self.num_classes = networks.class_count(teacher)
         self.student, self.generator = student, generator
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
@@ -128,7 +154,7 @@ class AdversarialGame:
         sum_over_replicas = distribution.all_reduce_sum
         if config.bn_prior:
             terms["train/bn_loss"] = losses.batch_norm_statistics_loss(
-                [teacher_out[BN_INPUT_PREFIX + layer.name] for layer in self.bn_layers],
+                [teacher_out[key] for key in self.teacher.bn_keys],
                 [layer.moving_mean for layer in self.bn_layers],
                 [layer.moving_variance for layer in self.bn_layers],
                 sum_over_replicas,
@@ -139,12 +165,31 @@ class AdversarialGame:
             )
         return terms
 
-    def _generator_terms(self, teacher_out, student_out, share) -> dict:
+    def _adversarial_term(self, teacher_logits, student_logits):
+        """The disagreement the generator maximises, a mean over the batch: the
+        paper's, or (adversarial_mask) only over images on which both networks
+        predict the same class (CMI, Fast)."""
+        if not self.config.adversarial_mask:
+            return self._discrepancy(teacher_logits, student_logits)
+        if self.config.adversarial_loss == "l1":
+            per_example = losses.logit_l1_distance(
+                teacher_logits, student_logits, per_example=True
+            )
+        else:
+            per_example = losses.kl_divergence(
+                teacher_logits, student_logits, self.config.temperature, True
+            )
+        agree = tf.argmax(teacher_logits, -1) == tf.argmax(student_logits, -1)
+        return tf.reduce_mean(per_example * tf.cast(agree, per_example.dtype))
+
+    def _generator_terms(self, teacher_out, student_out, share, labels) -> dict:
         """Each term as this replica's part of its global-batch value: means over
         examples weighted by the replica's share of the batch, global statistics by
         1 / replicas. Summed over replicas they are the global values."""
         teacher_logits, student_logits = teacher_out["logits"], student_out["logits"]
-        discrepancy = self._discrepancy(teacher_logits, student_logits)
+        discrepancy = self._adversarial_term(teacher_logits, student_logits)
+        if self.config.adversarial_weight != 1.0:
+            discrepancy *= self.config.adversarial_weight
         terms = {
             "train/generator_loss": -discrepancy * tf.cast(share, discrepancy.dtype),
             # The disagreement the game is about, whatever the objective: near 0
@@ -169,20 +214,59 @@ class AdversarialGame:
         for tag, value in self._priors(teacher_out).items():
             terms[tag] = value * fraction
             terms["train/generator_loss"] += weights[tag] * terms[tag]
+        if self.config.class_prior:
+            # The teacher should see in each image the class it was asked for.
+            cross_entropy = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=labels, logits=losses.at_least_float32(teacher_logits)
+                )
+            )
+            terms["train/class_loss"] = cross_entropy * tf.cast(
+                share, cross_entropy.dtype
+            )
+            terms["train/generator_loss"] += (
+                self.config.class_prior * terms["train/class_loss"]
+            )
         return terms
+
+    def generator_input(self, z):
+        """What the generator is fed for the global batch's noise z: z itself, or
+        with class_prior z beside a one-hot class, every class equally often
+        (class k at rows k, k + K, ...)."""
+        if not self.config.class_prior:
+            return z
+        labels = tf.range(tf.shape(z)[0]) % self.num_classes
+        return tf.concat([z, tf.one_hot(labels, self.num_classes, dtype=z.dtype)], -1)
+
+    def _requested_classes(self, z):
+        """The classes a class-conditional generator input asks for (else None)."""
+        if not self.config.class_prior:
+            return None
+        return tf.argmax(z[:, -self.num_classes :], -1, output_type=tf.int32)
+
+    def images(self, z):
+        """The generator's images for z (training mode: batch statistics, as the
+        authors always run it), in the teacher's input space."""
+        images = self.generator(z, training=True)
+        if self.input_map is None:
+            return images
+        scale, shift = (tf.constant(v, images.dtype) for v in self.input_map)
+        return images * scale + shift
 
     def generator_step(self, z) -> dict:
         """One generator update on this replica's z (replica context)."""
         variables = self.generator.trainable_variables
         share = distribution.replica_share(tf.shape(z)[0])
         with tf.GradientTape() as tape:
-            pseudo = self.generator(z, training=True)
+            pseudo = self.images(z)
             # The teacher is frozen and in inference mode but inside the tape, so the
             # gradient reaches the generator through it (the earlier port's .predict()
             # cut this path). The student is in training mode (authors' code).
             teacher_out = self.teacher(pseudo, training=False)
             student_out = self.student(pseudo, training=True)
-            terms = self._generator_terms(teacher_out, student_out, share)
+            terms = self._generator_terms(
+                teacher_out, student_out, share, self._requested_classes(z)
+            )
             scaled = self.generator_optimizer.scale_loss(terms["train/generator_loss"])
         grads = tape.gradient(scaled, variables)
         self.generator_optimizer.apply(grads, variables)
@@ -193,10 +277,15 @@ class AdversarialGame:
         and taps on them (replica context). The authors re-run the generator for
         every student step; its output cannot change between those steps, so it is
         computed once, and so are the teacher's outputs (no gradient from either)."""
-        pseudo = tf.stop_gradient(self.generator(z, training=True))
-        teacher_out = self.teacher(pseudo, training=False)
-        taps = [tf.stop_gradient(t) for t in _taps(teacher_out)]
-        return pseudo, tf.stop_gradient(teacher_out["logits"]), taps
+        pseudo = tf.stop_gradient(self.images(z))
+        return (pseudo, *self.teacher_targets(pseudo))
+
+    def teacher_targets(self, images):
+        """The teacher's logits and attention taps on images, without gradient
+        (replica context)."""
+        teacher_out = self.teacher(images, training=False)
+        taps = [tf.stop_gradient(teacher_out[key]) for key in self.teacher_keys]
+        return tf.stop_gradient(teacher_out["logits"]), taps
 
     def student_step(self, pseudo, teacher_logits, teacher_taps):
         """One student update (replica context); returns the global-batch parts of
@@ -211,7 +300,9 @@ class AdversarialGame:
             if self.config.adversarial_loss != "kl":
                 discrepancy = self._discrepancy(teacher_logits, logits)
             attention = (
-                losses.total_attention_loss(_taps(student_out), teacher_taps)
+                losses.total_attention_loss(
+                    [student_out[key] for key in self.student_keys], teacher_taps
+                )
                 if self.config.beta
                 else tf.zeros([], kl.dtype)
             )
@@ -236,7 +327,7 @@ class AdversarialGame:
     def _iteration(self, z, iteration):
         strategy = self.strategy
         self._set_learning_rates(iteration)
-        z = distribution.split_global_batch(strategy, z)
+        z = distribution.split_global_batch(strategy, self.generator_input(z))
         for _ in range(self.config.generator_steps):  # n_g is 1 in the paper: unrolled
             values = strategy.run(self._generator_step, args=(z,))
         values = distribution.global_sum(values, strategy)
@@ -248,43 +339,30 @@ class AdversarialGame:
         for _ in tf.range(self.config.student_steps):
             per_replica = strategy.run(self._student_step, args=(pseudo, targets, taps))
             loss, kl, attention = distribution.global_sum(per_replica, strategy)
-        return values | {
-            "train/student_loss": loss,
-            "train/kl": kl,
-            "train/attention": attention,
-        }
+        return (
+            values
+            | {"train/student_loss": loss, "train/kl": kl, "train/attention": attention}
+            | self._after_student_steps(iteration, pseudo, loss.dtype)
+        )
+
+    def _after_student_steps(self, iteration, pseudo, dtype) -> dict:
+        """More student training after the paper's steps (zskt_tf.replay); none in
+        the paper's game. Returns extra metrics."""
+        del iteration, pseudo, dtype
+        return {}
 
 
-def make_iteration_fn(
-    teacher: keras.Model,
-    student: keras.Model,
-    generator: keras.Model,
-    student_optimizer,
-    generator_optimizer,
-    config: GameConfig,
-    strategy=None,
-):
-    """The compiled outer iteration: n_g generator steps, then n_s student steps.
+def make_iteration_fn(*args, **kwargs):
+    """The compiled outer iteration, AdversarialGame(*args, **kwargs).iteration:
+    n_g generator steps, then n_s student steps on the same pseudo batch.
 
-    Args:
-        teacher: the frozen teacher (trainable = False), called in inference mode.
-        student, generator: the networks being trained.
-        student_optimizer, generator_optimizer: built optimisers (see adam()).
-        config: the method's settings (a GameConfig, e.g. a DistillConfig).
-        strategy: the tf.distribute strategy the networks were built under; default:
-            the current context's.
+    Takes AdversarialGame's arguments: the frozen teacher (called in inference
+    mode), the student and the generator, their built optimisers (see adam()), the
+    settings (a GameConfig, e.g. a DistillConfig), the strategy, the attention pairs
+    and the map into the teacher's input space.
 
     Returns:
         A function (z, iteration) -> {metric tag: scalar}; iteration is the 0-based
         outer iteration that sets both learning rates.
     """
-    game = AdversarialGame(
-        teacher,
-        student,
-        generator,
-        student_optimizer,
-        generator_optimizer,
-        config,
-        strategy,
-    )
-    return game.iteration
+    return AdversarialGame(*args, **kwargs).iteration

@@ -15,6 +15,7 @@ from zskt_tf.errors import UserError
 
 LR_SCHEDULES = ("step", "cosine", "onecycle")
 ADVERSARIAL_LOSSES = ("kl", "l1")
+STUDENT_OPTIMIZERS = ("adam", "sgd")
 
 
 def option(default, help: str, flag: str | None = None, choices=None):  # noqa: A002
@@ -247,15 +248,57 @@ class GameConfig:
         "Beyond the paper. Weight of the class-balance prior on the generator "
         "(negative entropy of the batch-mean teacher prediction, DAFL/DFQ); 0 = off.",
     )
+    class_prior: float = option(
+        0.0,
+        "Beyond the paper. Makes the generator class-conditional (one-hot class "
+        "beside z, every class equally often in a batch) and adds this weight x "
+        "the teacher's cross entropy on those classes to its loss (Fast, NAYER); "
+        "0 = off.",
+    )
+    adversarial_weight: float = option(
+        1.0,
+        "Beyond the paper. Weight of the adversarial term in the generator's loss "
+        "(1 in the paper).",
+    )
+    adversarial_mask: bool = option(
+        False,
+        "Beyond the paper. The generator maximises the disagreement only on images "
+        "both networks put in the same class (CMI, Fast).",
+    )
+    # Reuse (reference section 10): a pool of past pseudo images for the student.
+    replay_size: int = option(
+        0,
+        "Beyond the paper. Keep the last N pseudo images in a replay pool (in the "
+        "checkpoint) and train the student on batches drawn from it; 0 = off.",
+    )
+    replay_steps: int = option(
+        0,
+        "Student steps per iteration on replay batches (random crop + flip, the "
+        "teacher's outputs on the augmented batch), after the --n_s steps on the "
+        "new batch.",
+    )
+    student_optimizer: str = option(
+        "adam",
+        "adam (the paper's) or sgd (momentum 0.9, as the replay methods use); "
+        "cosine-annealed from --student_lr either way.",
+        choices=STUDENT_OPTIMIZERS,
+    )
+    student_weight_decay: float = option(
+        0.0, "L2 added to the student's gradient (PyTorch-style; 0 in the paper)."
+    )
 
     def metric_tags(self) -> tuple[str, ...]:
         """The metric tags the iteration returns under these settings."""
         from zskt_tf.adversarial import METRICS
 
-        extra = ("train/bn_loss",) * bool(self.bn_prior) + (
-            "train/balance_loss",
-        ) * bool(self.balance_prior)
-        return METRICS + extra
+        optional = {
+            "train/bn_loss": self.bn_prior,
+            "train/balance_loss": self.balance_prior,
+            "train/class_loss": self.class_prior,
+            "train/replay_loss": self.replay_size,
+            "train/replay_kl": self.replay_size,
+        }
+        return METRICS + tuple(tag for tag, used in optional.items() if used)
 
     def resolved_schedule(self) -> int:
         return self.schedule_iterations or self.total_iterations
@@ -263,7 +306,6 @@ class GameConfig:
     def validate(self) -> None:
         for name in (
             "generator_steps",
-            "student_steps",
             "total_iterations",
             "student_lr",
             "generator_lr",
@@ -271,10 +313,32 @@ class GameConfig:
             "grad_clip",
         ):
             positive(name, getattr(self, name))
-        for name in ("beta", "bn_prior", "balance_prior"):
+        for name in (
+            "beta",
+            "bn_prior",
+            "balance_prior",
+            "class_prior",
+            "adversarial_weight",
+            "replay_size",
+            "replay_steps",
+            "student_steps",
+            "student_weight_decay",
+        ):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
+        check_choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)
+        if bool(self.replay_size) != bool(self.replay_steps):
+            raise UserError(
+                "replay needs both --replay_size (images kept) and --replay_steps "
+                f"(student steps on them), got {self.replay_size} and "
+                f"{self.replay_steps}"
+            )
+        if not self.student_steps and not self.replay_steps:
+            raise UserError(
+                "the student never trains: give --n_s > 0 or replay (--replay_size, "
+                "--replay_steps)"
+            )
         if self.schedule_iterations is not None and (
             self.schedule_iterations < self.total_iterations
         ):
@@ -329,4 +393,13 @@ class DistillConfig(RunOptions, GameConfig):
         if self.batch_size < 2:
             raise UserError(
                 "batch_size must be at least 2 (BatchNorm batch statistics)"
+            )
+        if self.replay_size and self.replay_size < self.batch_size:
+            raise UserError(
+                f"replay_size ({self.replay_size}) must hold at least one batch "
+                f"({self.batch_size})"
+            )
+        if self.student_weight_decay and self.student_optimizer != "sgd":
+            raise UserError(
+                "--student_weight_decay applies to --student_optimizer=sgd only"
             )

@@ -19,6 +19,7 @@ from zskt_tf import (
     evaluation,
     model_io,
     plots,
+    replay,
     run_loop,
     runs,
     schedules,
@@ -168,7 +169,7 @@ class ZeroShotTrainer(run_loop.Trainer):
         self.sample_z = tf.random.Generator.from_seed(10_000 + config.seed).normal(
             [64, config.z_dim], dtype=self.generator.inputs[0].dtype
         )
-        self.iteration_fn = adversarial.make_iteration_fn(
+        game_args = (
             teacher,
             self.student,
             self.generator,
@@ -177,6 +178,16 @@ class ZeroShotTrainer(run_loop.Trainer):
             config,
             self.strategy,
         )
+        self.pool = None
+        if config.replay_size:
+            self.pool = replay.ReplayPool(
+                config.replay_size, self.info.image_shape, self.strategy
+            )
+            self.pool.log_memory()
+            self.game = replay.ReplayGame(*game_args, pool=self.pool, seed=config.seed)
+        else:
+            self.game = adversarial.AdversarialGame(*game_args)
+        self.iteration_fn = self.game.iteration
         self.student_accuracy, teacher_accuracy = (
             evaluation.Accuracy(
                 model,
@@ -214,12 +225,14 @@ class ZeroShotTrainer(run_loop.Trainer):
                 name="student",
                 synchronized=synchronized,
             )
+            # A class-conditional generator also takes a one-hot class.
+            inputs = config.z_dim + self.info.num_classes * bool(config.class_prior)
             self.generator = build_generator(
-                config.z_dim, self.info.image_shape, synchronized=synchronized
+                inputs, self.info.image_shape, synchronized=synchronized
             )
-            self.student_optimizer, self.generator_optimizer = (
-                adversarial.adam(lr, config.grad_clip, config.mixed_precision)
-                for lr in (config.student_lr, config.generator_lr)
+            self.student_optimizer = adversarial.student_optimizer(config)
+            self.generator_optimizer = adversarial.adam(
+                config.generator_lr, config.grad_clip, config.mixed_precision
             )
             self.student_optimizer.build(self.student.trainable_variables)
             self.generator_optimizer.build(self.generator.trainable_variables)
@@ -231,6 +244,7 @@ class ZeroShotTrainer(run_loop.Trainer):
             student_optimizer=self.student_optimizer,
             generator_optimizer=self.generator_optimizer,
             noise=self.noise,
+            **(self.pool.checkpointables() if self.pool else {}),
         )
 
     def batches(self, step: int, end: int):
@@ -296,7 +310,9 @@ class ZeroShotTrainer(run_loop.Trainer):
         """The generator's images for the fixed sample noise, as in training (batch
         statistics, split over the replicas like a training batch)."""
         images = distribution.run_on_global_batch(
-            self.strategy, lambda z: self.generator(z, training=True), self.sample_z
+            self.strategy,
+            lambda z: self.generator(z, training=True),
+            self.game.generator_input(self.sample_z),
         )
         return plots.to_display(np.asarray(images), self.info.mean, self.info.std)
 

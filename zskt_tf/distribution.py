@@ -103,7 +103,16 @@ def run_on_global_batch(strategy, fn, batch):
     process of a multi-worker run must call it."""
     if replicas(strategy) == 1:
         return fn(batch)
-    per_replica = strategy.run(fn, args=(split_global_batch(strategy, batch),))
+    return gather(
+        strategy, strategy.run(fn, args=(split_global_batch(strategy, batch),))
+    )
+
+
+def gather(strategy, per_replica):
+    """The global batch of per-replica tensors, in replica order (cross-replica
+    context; one device: unchanged)."""
+    if replicas(strategy) == 1:
+        return per_replica
     return strategy.gather(per_replica, axis=0)
 
 

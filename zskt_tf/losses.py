@@ -19,19 +19,25 @@ def at_least_float32(tensor) -> tf.Tensor:
 
 
 def kl_divergence(
-    teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float = 1.0
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
+    temperature: float = 1.0,
+    per_example: bool = False,
 ) -> tf.Tensor:
     """Forward KL(teacher || student), averaged over batch *and* classes.
 
     The authors call PyTorch's ``kl_div`` with elementwise 'mean' reduction, so the
     value is the per-sample KL divided by the number of classes. That scale sets the
     balance against the attention term (beta = 250), so it is kept (section 2).
+    per_example: the (batch,) values before the mean over the batch.
     """
     teacher_logits = at_least_float32(teacher_logits) / temperature
     student_logits = at_least_float32(student_logits) / temperature
     log_p_teacher = tf.nn.log_softmax(teacher_logits, axis=-1)
     log_p_student = tf.nn.log_softmax(student_logits, axis=-1)
     elementwise = tf.exp(log_p_teacher) * (log_p_teacher - log_p_student)
+    if per_example:
+        return tf.reduce_mean(elementwise, axis=-1)
     return tf.reduce_mean(elementwise)
 
 
@@ -125,14 +131,17 @@ def kd_at_loss(
 
 
 def logit_l1_distance(
-    teacher_logits: tf.Tensor, student_logits: tf.Tensor
+    teacher_logits: tf.Tensor, student_logits: tf.Tensor, per_example: bool = False
 ) -> tf.Tensor:
     """Mean absolute difference of the logits (DFAD, Fang et al., 2019).
 
     Unlike the KL, its gradient does not vanish when both networks are saturated on
     the same class, so the generator keeps a signal (reference section 9).
+    per_example: the (batch,) values before the mean over the batch.
     """
     difference = at_least_float32(teacher_logits) - at_least_float32(student_logits)
+    if per_example:
+        return tf.reduce_mean(tf.abs(difference), axis=-1)
     return tf.reduce_mean(tf.abs(difference))
 
 

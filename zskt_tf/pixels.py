@@ -1,0 +1,104 @@
+"""How a model's inputs are scaled, and where the generator's images go.
+
+Every convention is written as a per-channel (mean, std) on the [0, 1] pixel scale:
+the model takes (pixels / 255 - mean) / std. A range [lo, hi] is mean -lo/(hi-lo),
+std 1/(hi-lo): 0,255 is mean 0, std 1/255; -1,1 is mean 0.5, std 0.5. That is the
+form zskt_tf's own runs record (the dataset's normalisation), so test images are
+prepared the same way for every teacher (zskt_tf.pipelines.normalize).
+
+The generator ends in a BatchNorm, so its images are standardised per channel
+(section 1 of the paper's design). They are read as pixels of mean `image_mean` and
+std `image_std`, u = image_mean + image_std * g, and mapped into the model's space:
+(u - mean) / std. For a standardising convention image_mean/std are its own
+mean/std, so the map is the identity (the paper's case); for a range they are 0.5
+and 0.25 (+-2 standard deviations span the range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from zskt_tf.errors import UserError
+
+RANGES = {"0,255": (0.0, 255.0), "0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
+# ImageNet's statistics, as keras.applications' "torch" preprocessing uses them.
+NAMED = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+RANGE_IMAGE_MEAN, RANGE_IMAGE_STD = 0.5, 0.25
+FORMS = (
+    "0,255 | 0,1 | -1,1 | imagenet | mean=M1,M2,M3:std=S1,S2,S3 (per channel, on "
+    "the [0, 1] pixel scale)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputScale:
+    """A model's input convention, (pixels / 255 - mean) / std per channel, and
+    the pixel statistics the generator's standardised images are read with."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    spec: str
+
+    @property
+    def identity(self) -> bool:
+        """Whether the generator's images are already in the model's space."""
+        return self.mean == self.image_mean and self.std == self.image_std
+
+    def generator_map(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(scale, shift) per channel: model input = scale * g + shift."""
+        scale = tuple(s / t for s, t in zip(self.image_std, self.std, strict=True))
+        shift = tuple(
+            (m - n) / t
+            for m, n, t in zip(self.image_mean, self.mean, self.std, strict=True)
+        )
+        return scale, shift
+
+
+def _per_channel(values, channels: int, what: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise UserError(
+            f"--input_scale: {what} has {len(values)} values for {channels} channels"
+        )
+    return values
+
+
+def parse(spec: str, channels: int) -> InputScale:
+    """An --input_scale value -> InputScale for images with `channels` channels.
+
+    Raises:
+        UserError: a value not of the forms in FORMS.
+    """
+    text = spec.replace(" ", "")
+    if text in RANGES:
+        low, high = RANGES[text]
+        mean = (-low / (high - low),) * channels
+        std = (1.0 / (high - low),) * channels
+        image = ((RANGE_IMAGE_MEAN,) * channels, (RANGE_IMAGE_STD,) * channels)
+        return InputScale(mean, std, *image, spec=text)
+    if text in NAMED:
+        mean, std = (_per_channel(v, channels, text) for v in NAMED[text])
+        return InputScale(mean, std, mean, std, spec=text)
+    if text.startswith("mean=") and ":std=" in text:
+        mean_text, std_text = text[len("mean=") :].split(":std=", 1)
+        try:
+            mean = _per_channel(mean_text.split(","), channels, "mean")
+            std = _per_channel(std_text.split(","), channels, "std")
+        except ValueError:
+            raise UserError(f"--input_scale {spec!r}: not numbers; {FORMS}") from None
+        if min(std) <= 0:
+            raise UserError(f"--input_scale {spec!r}: std must be positive")
+        return InputScale(mean, std, mean, std, spec=text)
+    raise UserError(f"unknown --input_scale {spec!r}; give one of {FORMS}")
+
+
+def standardising(mean, std) -> InputScale:
+    """The convention of a model trained on (pixels / 255 - mean) / std (every
+    zskt_tf network: the dataset's normalisation)."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    spec = f"mean={','.join(map(str, mean))}:std={','.join(map(str, std))}"
+    return InputScale(mean, std, mean, std, spec=spec)
