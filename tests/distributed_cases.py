@@ -50,7 +50,9 @@ def _play(strategy, options: dict) -> dict:
         teacher = wide_resnet(10, 2, 10, (32, 32, 3), name="teacher")
         teacher.trainable = False
         student = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=synchronized)
-        gen = generator(16, (32, 32, 3), synchronized=synchronized)
+        # A class-conditional generator also takes a one-hot of the 10 classes.
+        inputs = 16 + 10 * bool(options.get("class_prior"))
+        gen = generator(inputs, (32, 32, 3), synchronized=synchronized)
         optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
         optimizers[0].build(student.trainable_variables)
         optimizers[1].build(gen.trainable_variables)
@@ -58,6 +60,14 @@ def _play(strategy, options: dict) -> dict:
     step = adversarial.make_iteration_fn(
         teacher, student, gen, *optimizers, config, strategy
     )
+    if config.replay_size:
+        from zskt_tf import replay
+
+        pool = replay.ReplayPool(config.replay_size, (32, 32, 3), strategy)
+        game = replay.ReplayGame(
+            teacher, student, gen, *optimizers, config, strategy, pool=pool, seed=3
+        )
+        step = game.iteration
     rng = np.random.default_rng(0)
     losses = []
     for iteration in range(3):
@@ -158,7 +168,17 @@ def multi_worker(index: str, ports: str) -> dict:
     return {**_play(strategy, {}), "chief": distribution.is_chief(strategy)}
 
 
+def replay_both(options: str) -> dict:
+    """The game with a replay pool on one device and on two replicas, in this one
+    process: losses and final weights of each."""
+    return {
+        "single": _play(tf.distribute.get_strategy(), json.loads(options)),
+        "mirrored": _play(_mirrored(), json.loads(options)),
+    }
+
+
 CASES = {
+    "replay_both": replay_both,
     "zero_shot": zero_shot,
     "teacher_steps": teacher_steps,
     "distill_run": distill_run,

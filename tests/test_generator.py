@@ -45,8 +45,25 @@ def test_architecture_follows_the_reference():
 
 
 def test_bad_image_shape_raises():
-    with pytest.raises(ValueError, match="divisible by 4"):
-        zskt_tf.generator(image_shape=(30, 32, 3))
+    with pytest.raises(ValueError, match="at least 8"):
+        zskt_tf.generator(image_shape=(6, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "shape, stages, cropped",
+    [((28, 28, 1), 2, True), ((64, 64, 3), 3, False), ((96, 96, 3), 4, True)],
+)
+def test_other_sizes_add_stages_and_crop(shape, stages, cropped):
+    # Sizes other than 32 keep the paper's design with as many x2 stages as the
+    # size needs from 8x8, the last of 64 channels, and a centre crop when the size
+    # is not 8 x 2^k; the output stays standardised per channel.
+    model = zskt_tf.generator(z_dim=16, image_shape=shape)
+    filters = [model.get_layer(f"conv{k}").filters for k in range(1, stages + 1)]
+    assert filters == [128] * (stages - 1) + [64]
+    assert ("crop" in [layer.name for layer in model.layers]) == cropped
+    images = model(tf.random.normal((8, 16)), training=True).numpy()
+    assert images.shape == (8, *shape)
+    np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
 
 
 def test_dense_and_convs_use_pytorch_default_init():

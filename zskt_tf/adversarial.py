@@ -327,6 +327,7 @@ class AdversarialGame:
     def _iteration(self, z, iteration):
         strategy = self.strategy
         self._set_learning_rates(iteration)
+        batch_size = z.shape[0]  # the global batch, static
         z = distribution.split_global_batch(strategy, self.generator_input(z))
         for _ in range(self.config.generator_steps):  # n_g is 1 in the paper: unrolled
             values = strategy.run(self._generator_step, args=(z,))
@@ -342,13 +343,13 @@ class AdversarialGame:
         return (
             values
             | {"train/student_loss": loss, "train/kl": kl, "train/attention": attention}
-            | self._after_student_steps(iteration, pseudo, loss.dtype)
+            | self._after_student_steps(iteration, pseudo, batch_size, loss.dtype)
         )
 
-    def _after_student_steps(self, iteration, pseudo, dtype) -> dict:
+    def _after_student_steps(self, iteration, pseudo, batch_size, dtype) -> dict:
         """More student training after the paper's steps (zskt_tf.replay); none in
         the paper's game. Returns extra metrics."""
-        del iteration, pseudo, dtype
+        del iteration, pseudo, batch_size, dtype
         return {}
 
 

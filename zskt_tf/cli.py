@@ -23,10 +23,12 @@ EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C; the run can be resumed
 def run(main) -> None:
     """absl.app.run(main), mapping UserError (and a full disk, wherever it strikes)
     to 'error: ...' and exit status 2, and an interruption (checkpoint saved) to one
-    line and status 130."""
-    from zskt_tf.checkpoints import Interrupted, disk_full
+    line and status 130. TensorFlow is imported only once main runs, so --help
+    answers at once."""
 
     def guarded(argv):
+        from zskt_tf.checkpoints import Interrupted, disk_full
+
         logging.set_verbosity(logging.INFO)
         try:
             return main(argv)

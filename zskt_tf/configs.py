@@ -369,6 +369,25 @@ class DistillConfig(RunOptions, GameConfig):
     )
     student_depth: int = option(16, "Student WRN depth (6n+4).")
     student_width: int = option(1, "Student WRN widening factor.")
+    student: str | None = option(
+        None,
+        "The student instead of --student_depth/--student_width: wrn-D-K, or a "
+        ".keras file whose architecture is trained from scratch (fresh weights "
+        "from each seed).",
+    )
+    input_scale: str | None = option(
+        None,
+        "How the teacher's inputs are scaled: 0,255 | 0,1 | -1,1 | imagenet | "
+        "mean=M1,M2,M3:std=S1,S2,S3 (on the [0, 1] pixel scale). Required for a "
+        ".keras teacher; a zskt_tf teacher records its own.",
+    )
+    attention_pairs: str | None = option(
+        None,
+        "Layers whose attention maps the student matches, "
+        "teacher_layer:student_layer,... (names or nested paths), or auto: the last "
+        "feature map of each size both networks have. Default: the three groups of "
+        "two Wide ResNets (the paper), auto otherwise.",
+    )
     batch_size: int = option(128, "Pseudo batch size.")
     z_dim: int = option(100, "Noise dimension.")
     eval_every: int | None = option(

@@ -179,6 +179,35 @@ def pad_to_32(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def fit_to_shape(data: ImageData, image_shape, what: str) -> ImageData:
+    """data with images of image_shape (H, W, C): unchanged, or 28x28 sets (which
+    loading pads to 32x32) cropped back to 28x28, or 28x28 images padded to 32x32.
+
+    Raises:
+        UserError: any other mismatch, naming both shapes.
+    """
+    have, want = tuple(data.test_images.shape[1:]), tuple(image_shape)
+    if have == want:
+        return data
+    if have[-1] == want[-1] and {have[:2], want[:2]} == {(28, 28), (32, 32)}:
+        change = pad_to_32 if want[:2] == (32, 32) else _crop_to_28
+        info = dataclasses.replace(data.info, image_shape=want)
+        return ImageData(
+            info,
+            change(data.train_images),
+            data.train_labels,
+            change(data.test_images),
+            data.test_labels,
+        )
+    raise UserError(
+        f"dataset {data.info.name} has images {have} but {what} takes {want}"
+    )
+
+
+def _crop_to_28(images: np.ndarray) -> np.ndarray:
+    return images[:, 2:30, 2:30] if images.shape[1:3] == (32, 32) else images
+
+
 def channel_statistics(images: np.ndarray) -> tuple[tuple, tuple]:
     """Per-channel mean and std on the [0, 1] scale, over all images and pixels."""
     flat = images.reshape(-1, images.shape[-1])

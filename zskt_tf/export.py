@@ -40,7 +40,7 @@ def _write_archive(model: keras.Model, info: DatasetInfo, path, signatures: dict
     """
     probabilities = probabilities_fn(model, info)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(getattr(model, "model", model))  # a TappedNetwork's Keras model
     for name, (batch, dtype) in signatures.items():
         archive.add_endpoint(
             name,
@@ -161,7 +161,11 @@ def export(
             ),
             "output": "probabilities over class_names",
             "normalisation": {"mean": list(info.mean), "std": list(info.std)},
-            "architecture": f"WRN-{config['depth']}-{config['width']}",
+            "architecture": (
+                f"WRN-{config['depth']}-{config['width']}"
+                if "depth" in config
+                else config.get("student_architecture", model.name)
+            ),
             "source_run": str(pathlib.Path(model_dir).resolve()),
             "dataset": info.name,
         },

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import tempfile
+import zipfile
 
 import h5py
 import keras
@@ -16,6 +18,82 @@ from zskt_tf.wide_resnet import wide_resnet
 TEACHER_WEIGHTS = "teacher.weights.h5"
 STUDENT_WEIGHTS = "student.weights.h5"
 GENERATOR_WEIGHTS = "generator.weights.h5"
+# A student that is not a Wide ResNet is saved whole (architecture and weights).
+STUDENT_MODEL = "student.keras"
+
+
+def is_keras_file(path) -> bool:
+    return isinstance(path, (str, pathlib.Path)) and str(path).endswith(".keras")
+
+
+def _custom_classes(path: pathlib.Path) -> list[str]:
+    """Classes a .keras archive's config names outside Keras itself."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found = []
+
+    def visit(node):
+        if isinstance(node, dict):
+            module = node.get("module")
+            if (
+                "class_name" in node
+                and module is not None
+                and not str(module).startswith("keras")
+            ):
+                found.append(node.get("registered_name") or node["class_name"])
+            if "class_name" in node and module is None and node.get("registered_name"):
+                found.append(node["registered_name"])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return sorted(set(found))
+
+
+def load_keras(path: str | pathlib.Path, what: str) -> keras.Model:
+    """Loads a model saved with model.save("....keras"), or says in one line why not.
+
+    Raises:
+        UserError: a missing file, a file that is not a whole .keras archive
+            (truncated or damaged), custom classes that are not registered (named),
+            or a Lambda layer (which only loads with safe_mode off).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{what} {path} is not a whole .keras archive (truncated or damaged); "
+            "save it again with model.save(...)"
+        )
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except (TypeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+        custom = _custom_classes(path)
+        if custom:
+            raise UserError(
+                f"{what} {path} needs custom objects it does not carry: "
+                f"{', '.join(custom)}; import the code that defines them, registered "
+                "with @keras.saving.register_keras_serializable(), or load the "
+                "model yourself and pass it in Python"
+            ) from None
+        if "Lambda" in str(error):
+            raise UserError(
+                f"{what} {path} has a Lambda layer, whose code Keras only loads with "
+                "safe_mode=False: load it yourself with keras.models.load_model(path, "
+                "safe_mode=False) and pass the model in Python"
+            ) from None
+        first = str(error).strip().splitlines()[0][:200] if str(error) else ""
+        raise UserError(f"cannot load {what} {path}: {first}") from None
+    if not isinstance(model, keras.Model):
+        raise UserError(f"{what} {path} holds a {type(model).__name__}, not a model")
+    return model
 
 
 def save_weights(model: keras.Model, path: str | pathlib.Path) -> None:
@@ -127,14 +205,30 @@ def load_teacher(path: str | pathlib.Path) -> keras.Model:
 def load_network(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
     """Loads the network of a teacher, zero-shot or few-shot student run directory.
 
-    Accepts "embedded:<name>" teachers too. The model is not frozen.
+    Accepts "embedded:<name>" teachers, and a run's student.keras (a student that is
+    not a Wide ResNet) or the run directory holding it. The model is not frozen.
 
     Returns:
-        (model, config dict) with the model's weights loaded.
+        (network, config dict): a zskt_tf Wide ResNet (its output a dict with
+        "logits"), or a networks.TappedNetwork around a .keras student, which
+        returns the same dict; the run's config.json says how its inputs are
+        scaled (dataset_info).
     """
     if embedded.is_embedded(str(model_dir)):
         model_dir = embedded.teacher_path(str(model_dir))
     model_dir = pathlib.Path(model_dir)
+    keras_file = model_dir if is_keras_file(model_dir) else model_dir / STUDENT_MODEL
+    if keras_file.is_file():
+        config_path = keras_file.parent / runs.CONFIG_FILE
+        if not config_path.is_file():
+            raise UserError(
+                f"{keras_file} is not in a zskt_tf run directory (no {runs.CONFIG_FILE}"
+                " beside it to say how its inputs are scaled)"
+            )
+        from zskt_tf import networks
+
+        model = load_keras(keras_file, "the student")
+        return networks.TappedNetwork(model), runs.read_json(config_path)
     for weights_name in (STUDENT_WEIGHTS, TEACHER_WEIGHTS):
         if model_dir.is_file() or (model_dir / weights_name).is_file():
             break

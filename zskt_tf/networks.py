@@ -358,19 +358,21 @@ def log_head(network: TappedNetwork, what: str) -> None:
 
 def probe_feature_maps(model: keras.Model, input_shape) -> list[tuple[str, tuple]]:
     """(path, (H, W)) of every leaf layer's 4-D output, in the order the layers run
-    on one forward pass (inference mode, two blank images)."""
+    on one forward pass (inference mode, two blank images), from the first layer
+    with weights on: what comes before it (Rescaling, Normalization, resizing) is
+    still the image, not a feature map."""
+    paths = layer_paths(model)
     leaves = [
-        (layer, path, "out")
-        for path, layer in layer_paths(model).items()
-        if not _sublayers(layer)
+        (layer, path, "out") for path, layer in paths.items() if not _sublayers(layer)
     ]
     with _Recorder(leaves).recording() as seen:
         model(np.zeros((2, *input_shape), np.float32), training=False)
-    return [
-        (path, tuple(value.shape[1:3]))
-        for path, value in seen.items()
-        if len(getattr(value, "shape", ())) == 4
-    ]
+    maps, started = [], False
+    for path, value in seen.items():
+        started = started or bool(paths[path].weights)
+        if started and len(getattr(value, "shape", ())) == 4:
+            maps.append((path, tuple(value.shape[1:3])))
+    return maps
 
 
 @dataclasses.dataclass(frozen=True)

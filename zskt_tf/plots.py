@@ -53,8 +53,10 @@ def save_curves(
     path: str | pathlib.Path,
     title: str,
     teacher_accuracy: float | None = None,
+    metric: str = "test_accuracy",
 ) -> None:
-    """Test accuracy (and the game's disagreement, when logged) against iteration."""
+    """Test accuracy (or another metric of the history, in 0-1) and the game's
+    disagreement, when logged, against iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +68,7 @@ def save_curves(
     accuracy_axis = axes[0][0]
     accuracy_axis.plot(
         steps,
-        [100 * h["test_accuracy"] for h in history],
+        [100 * h[metric] for h in history],
         "o-",
         label="student",
         markersize=3,
@@ -78,7 +80,8 @@ def save_curves(
             linestyle="--",
             label=f"teacher {100 * teacher_accuracy:.1f}%",
         )
-    accuracy_axis.set(xlabel="iteration", ylabel="test accuracy (%)", title=title)
+    label = metric.replace("_", " ") + " (%)"
+    accuracy_axis.set(xlabel="iteration", ylabel=label, title=title)
     accuracy_axis.grid(alpha=0.3)
     accuracy_axis.legend()
     if panels == 2:

@@ -72,7 +72,9 @@ class ReplayPool:
         """Writes a batch over the oldest images (cross-replica context)."""
         count = tf.cast(tf.shape(images)[0], tf.int64)
         index = (self.count + tf.range(count, dtype=tf.int64)) % self.capacity
-        self.images.scatter_nd_update(index[:, None], tf.cast(images, POOL_DTYPE))
+        # scatter_update, not scatter_nd_update: a MirroredVariable has only the
+        # former, and it writes the rows in place on every replica.
+        self.images.scatter_update(tf.IndexedSlices(tf.cast(images, POOL_DTYPE), index))
         self.count.assign_add(count)
 
     def sample(self, batch_size, seed):
@@ -94,11 +96,10 @@ class ReplayGame(AdversarialGame):
         self.pool, self.seed = pool, seed
         super().__init__(*args, **kwargs)
 
-    def _after_student_steps(self, iteration, pseudo, dtype) -> dict:
+    def _after_student_steps(self, iteration, pseudo, batch_size, dtype) -> dict:
         strategy = self.strategy
         batch = distribution.gather(strategy, pseudo)
         self.pool.add(batch)
-        batch_size = tf.shape(batch)[0]
         loss = kl = tf.zeros([], dtype)
         # Seeds [key, step] for the draw and [key + 2, step] for the augmentation
         # (which also uses [key + 3, step + 1]); keys are multiples of 4, so no two

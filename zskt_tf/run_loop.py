@@ -66,6 +66,8 @@ class LoopSettings:
     # When checkpoints exist but none reads back, start again from step 0 instead
     # of stopping (the damaged ones are kept aside; zskt_tf.checkpoints.resume).
     restart: bool = False
+    # The evaluation field results.json reports as the run's result.
+    metric: str = "test_accuracy"
 
     def checkpoint_interval(self) -> int:
         return self.checkpoint_every or self.eval_every
@@ -369,7 +371,7 @@ def _run(loop: _Run, settings: LoopSettings) -> dict:
     loop.save()
     timing = loop.results()
     results = {
-        "test_accuracy": loop.history[-1]["test_accuracy"],
+        settings.metric: loop.history[-1][settings.metric],
         **trainer.finish(loop.history, timing),
         **timing,
         "history": loop.history,

@@ -1,0 +1,144 @@
+"""Reuse of pseudo images: the replay pool, exact resume with it, two replicas, and
+the generator objectives from later methods against NumPy."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import log_softmax
+
+from tests.helpers import tiny_teacher, weights_arrays
+from tests.test_adversarial import _clone
+from tests.test_distribution import _assert_same_run, _case
+from zskt_tf import adversarial, checkpoints, distill, model_io, replay
+from zskt_tf.errors import UserError
+from zskt_tf.generator import generator as build_generator
+from zskt_tf.wide_resnet import wide_resnet
+
+
+def test_the_pool_keeps_the_last_images_and_draws_only_written_ones():
+    pool = replay.ReplayPool(10, (2, 2, 1))
+    batches = [np.full((4, 2, 2, 1), value, np.float32) for value in (1, 2, 3)]
+    pool.add(batches[0])
+    assert int(pool.count) == 4 and pool.images.dtype == tf.float16
+    # Only the 4 images written so far can be drawn; the same seed, the same draw.
+    drawn = pool.sample(64, tf.constant([3, 4], tf.int64)).numpy()
+    assert set(np.unique(drawn)) == {1.0}
+    for batch in batches[1:]:
+        pool.add(batch)
+    # 12 written into 10 places: the ring holds the last 10 (the oldest two of the
+    # first batch were overwritten by the third batch).
+    stored = pool.images.numpy()[:, 0, 0, 0]
+    np.testing.assert_array_equal(stored, [3, 3, 1, 1, 2, 2, 2, 2, 3, 3])
+    assert int(pool.count) == 12
+    first = pool.sample(200, tf.constant([5, 6], tf.int64)).numpy()
+    again = pool.sample(200, tf.constant([5, 6], tf.int64)).numpy()
+    other = pool.sample(200, tf.constant([5, 7], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert set(np.unique(first)) == {1.0, 2.0, 3.0}
+    assert pool.nbytes == 10 * 4 * 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_teacher(tmp_path_factory.mktemp("replay"))
+
+
+def test_a_replay_run_resumes_exactly(tiny, tmp_path):
+    _, data, teacher_dir = tiny
+    config = distill.DistillConfig(
+        teacher=str(teacher_dir),
+        output_dir=str(tmp_path / "straight"),
+        dataset="folder",
+        student_depth=10,
+        batch_size=8,
+        z_dim=16,
+        total_iterations=4,
+        student_steps=1,
+        eval_every=2,
+        checkpoint_every=1,
+        replay_size=20,
+        replay_steps=2,
+        bn_prior=1.0,
+        class_prior=0.5,
+        adversarial_mask=True,
+        student_optimizer="sgd",
+        student_lr=0.05,
+        student_weight_decay=1e-4,
+    )
+    straight = distill.distill_one_seed(config, data)
+    assert {"replay_loss", "replay_kl", "class_loss"} <= set(straight["history"][-1])
+    chunked = dataclasses.replace(config, output_dir=str(tmp_path / "chunked"))
+    with pytest.raises(checkpoints.StoppedAt):
+        distill.distill_one_seed(dataclasses.replace(chunked, stop_at=3), data)
+    # The pool is in the checkpoint: 3 batches of 8 written into 20 places.
+    reader = tf.train.load_checkpoint(str(tmp_path / "chunked" / "checkpoints"))
+    names = reader.get_variable_to_shape_map()
+    pool_name = next(name for name in names if name.startswith("replay_images"))
+    assert names[pool_name] == [20, 16, 16, 3]
+    count = next(name for name in names if name.startswith("replay_count"))
+    assert reader.get_tensor(count) == 24
+    resumed = distill.distill_one_seed(chunked, data)
+    assert resumed["history"] == straight["history"]
+    for name in ("student.weights.h5", "generator.weights.h5"):
+        expected = weights_arrays(tmp_path / "straight" / name)
+        actual = weights_arrays(tmp_path / "chunked" / name)
+        for key in expected:
+            np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+    with pytest.raises(UserError, match="replay needs both"):
+        dataclasses.replace(config, replay_steps=0).validate()
+    with pytest.raises(UserError, match="must hold at least one batch"):
+        dataclasses.replace(config, replay_size=4).validate()
+
+
+def test_class_prior_mask_and_weight_against_numpy(tiny):
+    _, _, teacher_dir = tiny
+    frozen = model_io.load_teacher(teacher_dir)
+    student = wide_resnet(10, 1, 3, (16, 16, 3))
+    gen = build_generator(16 + 3, (16, 16, 3))  # z beside a one-hot of 3 classes
+    optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    optimizers[0].build(student.trainable_variables)
+    optimizers[1].build(gen.trainable_variables)
+    config = adversarial.GameConfig(
+        student_steps=1,
+        class_prior=0.7,
+        adversarial_mask=True,
+        adversarial_weight=1.3,
+    )
+    game = adversarial.AdversarialGame(frozen, student, gen, *optimizers, config)
+    gen_before, student_before = _clone(gen), _clone(student)
+    z = tf.random.normal((9, 16))
+    values = game.iteration(z, tf.constant(0, tf.int64))
+    # The generator is fed z beside one-hot classes 0, 1, 2, 0, 1, 2, ...
+    labels = np.arange(9) % 3
+    fed = game.generator_input(z).numpy()
+    np.testing.assert_array_equal(fed[:, 16:], np.eye(3)[labels])
+    images = gen_before(fed, training=True)
+    t = frozen(images, training=False)["logits"].numpy().astype(np.float64)
+    s = student_before(images, training=True)["logits"].numpy().astype(np.float64)
+    lt, ls = log_softmax(t, axis=1), log_softmax(s, axis=1)
+    per_example = (np.exp(lt) * (lt - ls)).mean(1)
+    agree = t.argmax(1) == s.argmax(1)
+    masked = (per_example * agree).mean()
+    cross_entropy = -lt[np.arange(9), labels].mean()
+    assert float(values["train/class_loss"]) == pytest.approx(cross_entropy, rel=1e-4)
+    assert float(values["train/generator_kl"]) == pytest.approx(
+        per_example.mean(), rel=1e-4
+    )
+    assert float(values["train/generator_loss"]) == pytest.approx(
+        -1.3 * masked + 0.7 * cross_entropy, rel=1e-4, abs=1e-7
+    )
+
+
+def test_the_pool_on_two_replicas_equals_one_device():
+    # Replicated pool: each replica holds all of it; the replay batch is drawn once
+    # for the global batch and split like a training batch (float64, one process).
+    options = (
+        '{"replay_size": 40, "replay_steps": 2, "class_prior": 0.5, '
+        '"adversarial_mask": true}'
+    )
+    both = _case("replay_both", options)
+    _assert_same_run(both["single"], both["mirrored"], 1e-9, 1e-8)
+    assert both["single"]["losses"][-1]["train/replay_kl"] > 0
