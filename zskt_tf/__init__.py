@@ -1,7 +1,7 @@
 """zskt_tf: zero-shot knowledge transfer by adversarial belief matching (Keras 3).
 
-    import zskt_tf
-    student = zskt_tf.distill(teacher, student=make_student, input_scale="0,255")
+import zskt_tf
+student = zskt_tf.distill(teacher, student=make_student, input_scale="0,255")
 """
 
 import importlib

@@ -119,6 +119,10 @@ def distill(
         from zskt_tf import players
 
         description = players.IN_MEMORY + teacher.name
+    if test_data is None:  # a dataset name as the programs take it
+        test_data = settings.pop("dataset", None)
+    elif "dataset" in settings:
+        raise UserError("give test_data or dataset, not both")
     dataset, data = _test_data(test_data, _classes(teacher))
     config = configs.DistillConfig(
         teacher=description,

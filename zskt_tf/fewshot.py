@@ -4,6 +4,7 @@ entropy, and fine-tuning a zero-shot student, all on M images per class."""
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import keras
 import tensorflow as tf
@@ -31,16 +32,18 @@ RUN_CONTROL_KEYS = (
 
 
 def kd_at_loss_fn(teacher, alpha: float, temperature: float, beta: float):
-    """loss_fn for supervised.make_train_step: KD+AT against a frozen teacher."""
+    """loss_fn for supervised.make_train_step: KD+AT against a frozen teacher (the
+    attention taps only with beta > 0, so any student works at beta 0)."""
 
     def loss_fn(images, labels, outputs):
         teacher_out = teacher(images, training=False)
+        taps = TAPS if beta else ()
         return losses.kd_at_loss(
             labels,
             outputs["logits"],
             tf.stop_gradient(teacher_out["logits"]),
-            [outputs[k] for k in TAPS],
-            [tf.stop_gradient(teacher_out[k]) for k in TAPS],
+            [outputs[k] for k in taps],
+            [tf.stop_gradient(teacher_out[k]) for k in taps],
             alpha=alpha,
             temperature=temperature,
             beta=beta,
@@ -93,6 +96,47 @@ def _networks(config: FewShotConfig, info, strategy):
     return student, teacher
 
 
+def _keras_student(config: FewShotConfig, data: datasets.ImageData, strategy):
+    """A .keras --init_student (a zero-shot run of a student that is not a Wide
+    ResNet): the student, and the data in its input convention (recorded by its
+    run), checked against it and against the teacher.
+
+    Raises:
+        UserError: attention transfer asked for, a teacher that scales its inputs
+            otherwise, or data that does not fit the student.
+    """
+    from zskt_tf import networks
+
+    with strategy.scope():
+        student, recorded = model_io.load_network(config.init_student)
+    shape, classes = networks.check_classifier(student.model, "the initial student")
+    if classes != data.info.num_classes:
+        raise UserError(
+            f"the initial student predicts {classes} classes but {config.dataset} "
+            f"has {data.info.num_classes}"
+        )
+    scale = datasets.DatasetInfo.from_json(recorded["dataset_info"])
+    if config.teacher:
+        if config.beta:
+            raise UserError(
+                "KD+AT's attention transfer needs Wide ResNet taps and the initial "
+                f"student is {student.name} (a .keras model): pass --beta=0"
+            )
+        teacher_info = model_io.teacher_record(config.teacher)["dataset_info"]
+        if (tuple(teacher_info["mean"]), tuple(teacher_info["std"])) != (
+            scale.mean,
+            scale.std,
+        ):
+            raise UserError(
+                "the teacher and the initial student scale their inputs differently "
+                f"(mean/std {teacher_info['mean']}/{teacher_info['std']} and "
+                f"{list(scale.mean)}/{list(scale.std)}); use the student's own teacher"
+            )
+    data = datasets.fit_to_shape(data, shape, "the initial student")
+    info = dataclasses.replace(data.info, mean=scale.mean, std=scale.std)
+    return student, dataclasses.replace(data, info=info)
+
+
 def train_fewshot(
     config: FewShotConfig, data: datasets.ImageData | None = None, strategy=None
 ) -> dict:
@@ -112,17 +156,29 @@ def train_fewshot(
     )
     if len(data.train_images) == 0:
         raise UserError(f"dataset {config.dataset} has no training split")
+    keras_student = model_io.is_keras_file(config.init_student) or (
+        config.init_student is not None
+        and (pathlib.Path(config.init_student) / model_io.STUDENT_MODEL).is_file()
+    )
+    if keras_student:
+        student, data = _keras_student(config, data, strategy)
+        with strategy.scope():
+            teacher = model_io.load_teacher(config.teacher) if config.teacher else None
+    else:
+        student, teacher = _networks(config, data.info, strategy)
     images, labels = datasets.few_shot_subset(
         data.train_images, data.train_labels, config.m_per_class, config.seed
     )
     info = data.info
-    student, teacher = _networks(config, info, strategy)
     steps_per_full_epoch = -(-len(data.train_images) // config.batch_size)
     total_steps = config.reference_epochs * steps_per_full_epoch
     record = dataclasses.asdict(config) | {
         "kind": "fewshot_student",
-        "depth": config.student_depth,
-        "width": config.student_width,
+        **(
+            {"student_architecture": student.name}
+            if keras_student
+            else {"depth": config.student_depth, "width": config.student_width}
+        ),
         "num_classes": info.num_classes,
         "input_shape": list(info.image_shape),
         "dataset_info": info.to_json(),

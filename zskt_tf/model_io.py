@@ -103,6 +103,21 @@ def save_weights(model: keras.Model, path: str | pathlib.Path) -> None:
         model.save_weights(temporary)
 
 
+def save_network(network, output_dir: str | pathlib.Path, weights_name: str):
+    """Writes a trained network into its run directory, atomically: a zskt_tf Wide
+    ResNet as weights (weights_name; its config.json rebuilds it), any other Keras
+    model (a networks.TappedNetwork's) whole, as student.keras. Returns the path."""
+    model = getattr(network, "model", None)
+    if model is None:
+        path = pathlib.Path(output_dir) / weights_name
+        save_weights(network, path)
+        return path
+    path = pathlib.Path(output_dir) / STUDENT_MODEL
+    with runs.atomic_path(path) as temporary:
+        model.save(temporary)
+    return path
+
+
 def _shapes(path) -> dict[str, tuple]:
     shapes = {}
     with h5py.File(path, "r") as file:

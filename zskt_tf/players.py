@@ -211,18 +211,19 @@ def _has_wrn_taps(model) -> bool:
 def attention_pairs(
     teacher: Teacher, student_model: keras.Model, spec, beta: float
 ) -> list[networks.AttentionPair] | None:
-    """The layer pairs whose attention maps the student matches: [] for beta 0,
-    None for the paper's three group outputs (two zskt_tf Wide ResNets and no
-    spec), else pairs by layer name (`auto`: chosen, and printed).
+    """The layer pairs whose attention maps the student matches: None for the
+    paper's three group outputs (two zskt_tf Wide ResNets and no spec: the paper's
+    game, whatever beta), [] for beta 0, else pairs by layer name (`auto`: chosen,
+    and printed).
 
     Raises:
         UserError: a layer name either network lacks (naming the closest), or no
             pair possible.
     """
-    if not beta:
-        return []
     if spec is None and _has_wrn_taps(teacher.model) and _has_wrn_taps(student_model):
         return None
+    if not beta:
+        return []
     parsed = networks.parse_pairs(spec)
     if parsed == "auto":
         pairs = networks.auto_pairs(teacher.model, student_model, teacher.image_shape)

@@ -142,7 +142,10 @@ class SGDTrainer(run_loop.Trainer):
         self.steps_per_epoch = -(-len(train_images) // recipe.batch_size)
 
     def checkpointables(self) -> dict:
-        return dict(model=self.model, optimizer=self.optimizer)
+        # A networks.TappedNetwork wraps the Keras model that holds the variables.
+        return dict(
+            model=getattr(self.model, "model", self.model), optimizer=self.optimizer
+        )
 
     def batches(self, step: int, end: int):
         # Batches depend only on (seed, epoch, batch): a resumed run sees the same
@@ -191,7 +194,7 @@ class SGDTrainer(run_loop.Trainer):
     def finish(self, history: list[dict], timing: dict) -> dict:
         path = pathlib.Path(self.output_dir) / self.weights_name
         if distribution.is_chief(self.strategy):
-            model_io.save_weights(self.model, path)
+            path = model_io.save_network(self.model, self.output_dir, self.weights_name)
         logging.info(
             "done: test accuracy %.4f, weights in %s",
             history[-1]["test_accuracy"],

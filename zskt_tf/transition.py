@@ -10,8 +10,44 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from zskt_tf import pipelines, plots
+from zskt_tf import networks, pipelines, plots
 from zskt_tf.errors import UserError
+
+
+def load_nets(
+    net_a: str, net_b: str, dataset=None, data_dir=None, cache_dir=None
+) -> tuple:
+    """Nets A and B from their run directories (Wide ResNets or .keras students)
+    and the test data in their input convention (the one A's run records).
+
+    Returns:
+        (net A, net B, the ImageData, its DatasetInfo with A's normalisation, the
+        dataset's name).
+
+    Raises:
+        UserError: no dataset known, or nets that scale their inputs differently.
+    """
+    import dataclasses
+
+    from zskt_tf import datasets, model_io
+
+    a, config_a = model_io.load_network(net_a)
+    b, config_b = model_io.load_network(net_b)
+    dataset = dataset or config_a.get("dataset")
+    if not dataset:
+        raise UserError(f"{net_a} was distilled without a test set: pass --dataset")
+    info_a, info_b = (
+        datasets.DatasetInfo.from_json(c["dataset_info"]) for c in (config_a, config_b)
+    )
+    if (info_a.mean, info_a.std) != (info_b.mean, info_b.std):
+        raise UserError(
+            f"{net_a} and {net_b} scale their inputs differently; compare nets of "
+            "one run (a student and its teacher)"
+        )
+    data = datasets.load_dataset(dataset, data_dir, cache_dir)
+    data = datasets.fit_to_shape(data, info_a.image_shape, "net A")
+    info = dataclasses.replace(data.info, mean=info_a.mean, std=info_a.std)
+    return a, b, data, info, dataset
 
 
 def agreeing_images(net_a, net_b, images, labels, info, n_images: int, seed: int = 0):
@@ -104,13 +140,12 @@ def transition_curves(
     Returns:
         {"p_a", "p_b": (n, C-1, K) arrays, "labels", "targets", "mte"}.
     """
-    classes_a = net_a.output["logits"].shape[-1]
-    classes_b = net_b.output["logits"].shape[-1]
+    classes_a, classes_b = networks.class_count(net_a), networks.class_count(net_b)
     if classes_a != classes_b:
         raise UserError(
             f"the nets predict different class counts: {classes_a} vs {classes_b}"
         )
-    shape_a, shape_b = tuple(net_a.input.shape[1:]), tuple(net_b.input.shape[1:])
+    shape_a, shape_b = (tuple(n.inputs[0].shape[1:]) for n in (net_a, net_b))
     if shape_a != shape_b:
         raise UserError(f"the nets take different inputs: {shape_a} vs {shape_b}")
     if tuple(images.shape[1:]) != shape_a:

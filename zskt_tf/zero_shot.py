@@ -21,7 +21,6 @@ from zskt_tf import (
     plots,
     replay,
     run_loop,
-    runs,
     schedules,
 )
 from zskt_tf.configs import DistillConfig
@@ -330,13 +329,11 @@ class ZeroShotTrainer(run_loop.Trainer):
         samples = self.pseudo_samples()  # collective: every process takes part
         if not self.chief:
             return
-        if self.inputs.student.wrn:
-            model_io.save_weights(
-                self.student, self.output_dir / model_io.STUDENT_WEIGHTS
-            )
-        else:
-            with runs.atomic_path(self.output_dir / model_io.STUDENT_MODEL) as path:
-                self.student.save(path)
+        model_io.save_network(
+            self.student if self.inputs.student.wrn else self.student_net,
+            self.output_dir,
+            model_io.STUDENT_WEIGHTS,
+        )
         model_io.save_weights(
             self.generator, self.output_dir / model_io.GENERATOR_WEIGHTS
         )
