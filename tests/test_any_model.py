@@ -120,8 +120,7 @@ def test_a_keras_applications_teacher_with_auto_pairs_and_the_nested_bn_prior(
         results = distill.distill_one_seed(config, teacher=teacher)
     chosen = [r.getMessage() for r in caplog.records if "attention pairs" in r.message]
     assert len(chosen) == 1
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    pairs = recorded["attention_layers"]
+    pairs = results["attention_layers"]
     # MobileNetV2 halves 32x32 at its stem: the sizes shared with the WRN are 16x16
     # and 8x8, each paired with the last WRN feature map of that size.
     assert [p.split(":")[1] for p in pairs] == [

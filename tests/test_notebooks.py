@@ -35,6 +35,9 @@ def test_quickstart_notebook_runs(tmp_path):
         for output in cell.get("outputs", [])
     )
     assert "student accuracy" in outputs and "MTE" in outputs
+    # Distill your own model: a .keras teacher, a zero-shot student, its TFLite file.
+    assert "before export" in outputs and "after export (TFLite" in outputs
+    assert (pathlib.Path(tmp_path) / "runs/quickstart/my_student.tflite").is_file()
     assert (pathlib.Path(tmp_path) / "runs/quickstart/transition.png").is_file()
     assert (pathlib.Path(tmp_path) / "runs/quickstart/student/samples.png").is_file()
 

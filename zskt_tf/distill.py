@@ -104,10 +104,13 @@ def check_inputs(
             f"--bn_prior needs BatchNormalization layers and the teacher "
             f"({loaded.description}) has none; drop --bn_prior"
         )
-    # A throw-away student, to check it fits the teacher and to pair the layers.
+    # A throw-away student, to check before anything is written that it fits the
+    # teacher and that its layers pair (the trainer pairs its own student's).
     probe = student_spec.build(loaded.image_shape, loaded.num_classes)
     players.check_student(probe, loaded)
-    pairs = players.attention_pairs(loaded, probe, config.attention_pairs, config.beta)
+    pairs = players.attention_pairs(
+        loaded, probe, config.attention_pairs, config.beta, log=False
+    )
     return Inputs(loaded, student_spec, data, info, pairs)
 
 
@@ -166,8 +169,6 @@ def _seed_record(config: DistillConfig, inputs: Inputs) -> dict:
         record["student_architecture"] = student.source
     if not teacher.wrn:
         record["input_scale"] = teacher.scale.spec
-    if inputs.pairs:
-        record["attention_layers"] = [str(pair) for pair in inputs.pairs]
     return record
 
 

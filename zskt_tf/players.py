@@ -209,12 +209,13 @@ def _has_wrn_taps(model) -> bool:
 
 
 def attention_pairs(
-    teacher: Teacher, student_model: keras.Model, spec, beta: float
+    teacher: Teacher, student_model: keras.Model, spec, beta: float, log=True
 ) -> list[networks.AttentionPair] | None:
     """The layer pairs whose attention maps the student matches: None for the
     paper's three group outputs (two zskt_tf Wide ResNets and no spec: the paper's
     game, whatever beta), [] for beta 0, else pairs by layer name (`auto`: chosen,
-    and printed).
+    and printed when log). Names are the given model's: Keras numbers unnamed layers
+    per instance, so pairs are resolved on the student that trains.
 
     Raises:
         UserError: a layer name either network lacks (naming the closest), or no
@@ -227,9 +228,11 @@ def attention_pairs(
     parsed = networks.parse_pairs(spec)
     if parsed == "auto":
         pairs = networks.auto_pairs(teacher.model, student_model, teacher.image_shape)
-        logging.info(
-            "attention pairs (auto, teacher:student): %s", ", ".join(map(str, pairs))
-        )
+        if log:
+            logging.info(
+                "attention pairs (auto, teacher:student): %s",
+                ", ".join(map(str, pairs)),
+            )
         return pairs
     for pair in parsed:
         networks.find_layer(teacher.model, pair.teacher_layer_name, "the teacher")

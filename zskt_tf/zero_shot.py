@@ -130,8 +130,13 @@ class ZeroShotTrainer(run_loop.Trainer):
         self.sample_z = tf.random.Generator.from_seed(10_000 + config.seed).normal(
             [64, config.z_dim], dtype=self.z_dtype
         )
+        self.pairs = inputs.pairs
+        if self.pairs:  # by layer name: this student's names (see attention_pairs)
+            self.pairs = players.attention_pairs(
+                self.teacher, self.student, config.attention_pairs, config.beta
+            )
         teacher_net, self.student_net, pairs = players.game_networks(
-            self.teacher, self.student, inputs.pairs
+            self.teacher, self.student, self.pairs
         )
         scale = self.teacher.scale
         game_args = (
@@ -359,7 +364,10 @@ class ZeroShotTrainer(run_loop.Trainer):
             "-" if self.teacher_accuracy is None else f"{self.teacher_accuracy:.4f}",
             self.output_dir,
         )
-        return {
+        results = {
             "teacher_test_accuracy": self.teacher_accuracy,
             "teacher_recorded_accuracy": self.teacher.record.get("recorded_accuracy"),
         }
+        if self.pairs:
+            results["attention_layers"] = [str(pair) for pair in self.pairs]
+        return results
