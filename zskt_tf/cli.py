@@ -130,9 +130,18 @@ def define_config_flags(config_class, skip: Iterable[str] = ()) -> None:
             flags.mark_flag_as_required(name)
 
 
-def config_from_flags(config_class, skip: Iterable[str] = (), **values):
-    """The config the parsed flags describe (plus `values` for skipped fields)."""
+def config_from_flags(
+    config_class, skip: Iterable[str] = (), preset: dict | None = None, **values
+):
+    """The config the parsed flags describe (plus `values` for skipped fields).
+
+    preset: field values (zskt_tf.configs.PRESETS) that replace the defaults of the
+    flags not given on the command line."""
+    preset = preset or {}
     for field, name, kind in _config_flags(config_class, skip):
+        if field.name in preset and not flags.FLAGS[name].present:
+            values[field.name] = preset[field.name]
+            continue
         value = getattr(flags.FLAGS, name)
         if kind is tuple:
             value = parse_floats(",".join(value), name)
