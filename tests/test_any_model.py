@@ -135,6 +135,22 @@ def test_a_keras_applications_teacher_with_auto_pairs_and_the_nested_bn_prior(
     assert len(nested) == 52 and all(p.startswith("mobilenetv2") for p in nested)
 
 
+def test_auto_pairs_skip_padding_layers():
+    # A WRN pads each map before a convolution (32x32 -> 34x34): a padded map is
+    # not a feature map of its own, so two WRNs pair at 32, 16 and 8 only.
+    teacher = zskt_tf.wide_resnet(10, 2)
+    student = zskt_tf.wide_resnet(10, 1)
+    pairs = networks.auto_pairs(teacher, student, (32, 32, 3))
+    assert [p.student_layer_name for p in pairs] == [
+        "group2_block0_1_relu",
+        "group3_block0_1_relu",
+        "head_relu",
+    ]
+    assert [p.teacher_layer_name for p in pairs] == [
+        p.student_layer_name for p in pairs
+    ]
+
+
 def test_a_64x64_teacher_runs_with_a_three_stage_generator(
     tmp_path, fewer_agreement_images
 ):

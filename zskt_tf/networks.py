@@ -356,14 +356,28 @@ def log_head(network: TappedNetwork, what: str) -> None:
         logging.info("%s outputs probabilities: the game uses their logarithms", what)
 
 
+_BORDER_LAYERS = (
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+)
+
+
 def probe_feature_maps(model: keras.Model, input_shape) -> list[tuple[str, tuple]]:
     """(path, (H, W)) of every leaf layer's 4-D output, in the order the layers run
     on one forward pass (inference mode, two blank images), from the first layer
     with weights on: what comes before it (Rescaling, Normalization, resizing) is
-    still the image, not a feature map."""
+    still the image, not a feature map. Padding and cropping layers are left out:
+    their output is the previous map with a border added or taken away, not a
+    feature map of its own (a WRN pads 32x32 to 34x34 before each convolution)."""
     paths = layer_paths(model)
     leaves = [
-        (layer, path, "out") for path, layer in paths.items() if not _sublayers(layer)
+        (layer, path, "out")
+        for path, layer in paths.items()
+        if not _sublayers(layer) and not isinstance(layer, _BORDER_LAYERS)
     ]
     with _Recorder(leaves).recording() as seen:
         model(np.zeros((2, *input_shape), np.float32), training=False)
