@@ -73,12 +73,20 @@ def test_cli_end_to_end_leaves_every_output(tmp_path, tiny):
         "--batch_size=8",
         "--z_dim=16",
         "--total_iterations=4",
-        "--n_s=2",
+        "--n_s=1",
         "--eval_every=2",
         "--seeds=0,1",
         f"--output_dir={out}",
+        "--preset=budget",
+        "--replay_size=64",
     )
     assert "zero-shot student test accuracy" in result.stdout
+    # The preset's values replace the defaults; the flags given explicitly win.
+    assert "preset budget, differs from the paper's settings in:" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert (config["total_iterations"], config["student_steps"]) == (4, 1)
+    assert (config["replay_size"], config["replay_steps"]) == (64, 4)
+    assert (config["bn_prior"], config["class_prior"]) == (10.0, 0.5)
     for seed in (0, 1):
         run = out / f"seed_{seed}"
         for name in (
@@ -287,3 +295,15 @@ def test_a_seed_directory_belongs_to_its_seed(tmp_path, tiny):
     distill.distill_one_seed(config, data)
     with pytest.raises(UserError, match="seed: 0 there, 1 now"):
         distill.distill_one_seed(dataclasses.replace(config, seed=1), data)
+
+
+def test_presets_name_settings_that_exist_and_validate(tiny, tmp_path):
+    from zskt_tf import configs
+
+    assert configs.preset("paper") == {} == configs.preset(None)
+    for name in configs.PRESETS:
+        _config(tiny, tmp_path / name, **configs.preset(name)).validate()
+    with pytest.raises(UserError, match="unknown preset 'fast'; choose one of budget"):
+        configs.preset("fast")
+    described = configs.preset_description("budget")
+    assert "--n_s=2 (paper: 10)" in described and "--bn_prior=10.0" in described

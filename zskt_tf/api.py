@@ -62,6 +62,7 @@ def distill(
     output_dir: str | pathlib.Path | None = None,
     seed: int = 0,
     strategy=None,
+    preset: str | None = None,
     **settings,
 ) -> keras.Model:
     """Zero-shot distillation of a teacher into a student, with no training data.
@@ -85,6 +86,8 @@ def distill(
         seed: the seed of the student's and the generator's initialisation and of
             the noise.
         strategy: a tf.distribute strategy (zskt_tf.make_strategy).
+        preset: "paper" (the default) or "budget" (zskt_tf.configs.PRESETS): its
+            values replace the defaults; settings given here still win.
         **settings: any zskt_tf.configs.DistillConfig field: total_iterations,
             beta, attention_pairs ("auto" or [("teacher_layer", "student_layer")] or
             keras.distillation.FeatureDistillation objects), bn_prior, replay_size,
@@ -105,6 +108,7 @@ def distill(
         raise UserError(
             f"unknown setting {unknown[0]!r}; see zskt_tf.configs.DistillConfig"
         )
+    settings = configs.preset(preset) | settings
     pairs = settings.pop("attention_pairs", None)
     if pairs is not None and not isinstance(pairs, str):
         from zskt_tf import networks
