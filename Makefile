@@ -5,13 +5,19 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+# The demo needs the package alone; the tests add their tools (and PyTorch) on top.
+BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.torch-installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): setup.py $(wildcard bin/zskt-tf-*)
+$(BASE_STAMP): setup.py $(wildcard bin/zskt-tf-*)
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP)
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
@@ -21,13 +27,13 @@ $(TORCH_STAMP): $(STAMP)
 
 # make demo SEED=1 runs the demo with another seed.
 SEED ?= 0
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/zskt-tf-demo --seed=$(SEED) --output_dir=runs/demo/seed_$(SEED)
 
 test: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/python -m pytest -q tests
 
-lint: $(STAMP)
+lint: $(BASE_STAMP)
 	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check zskt_tf bin/* tests bench scripts && $(BIN)/ruff format --check zskt_tf bin/* tests bench scripts
 
