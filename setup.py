@@ -36,6 +36,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # make test runs the files on two workers (the machines have 2 cores).
+            "pytest-xdist>=3.5",
             "scipy>=1.10",
             "nbclient>=0.10",
             "nbformat>=5.9",

@@ -77,15 +77,7 @@ def _play(strategy, options: dict) -> dict:
     return {"losses": losses, "weights": _weights(student, gen)}
 
 
-def zero_shot(strategy_name: str, options: str = "{}") -> dict:
-    """3 outer iterations of the game on fixed noise; losses and final weights."""
-    strategy = (
-        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
-    )
-    return _play(strategy, json.loads(options))
-
-
-def teacher_steps(strategy_name: str) -> dict:
+def _teacher_steps(strategy) -> dict:
     """3 SGD steps (momentum, PyTorch weight decay) on fixed batches."""
     import keras
     import numpy as np
@@ -93,9 +85,6 @@ def teacher_steps(strategy_name: str) -> dict:
     from zskt_tf import datasets, pipelines, supervised
     from zskt_tf.wide_resnet import wide_resnet
 
-    strategy = (
-        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
-    )
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = wide_resnet(
@@ -117,16 +106,11 @@ def teacher_steps(strategy_name: str) -> dict:
     return {"losses": results, "weights": _weights(model)}
 
 
-def distill_run(
-    strategy_name: str, teacher_dir: str, data_dir: str, output_dir: str, stop_at: str
-):
+def _distill_run(strategy, teacher_dir, data_dir, output_dir, stop_at=None):
     """A zero-shot run directory on tests.helpers' tiny image folder: 4 iterations,
-    stopped at stop_at ('' = none)."""
+    stopped at stop_at (None = not stopped)."""
     from zskt_tf import checkpoints, distill, model_io
 
-    strategy = (
-        _mirrored() if strategy_name == "mirrored" else tf.distribute.get_strategy()
-    )
     config = distill.DistillConfig(
         teacher=teacher_dir,
         output_dir=output_dir,
@@ -139,7 +123,7 @@ def distill_run(
         total_iterations=4,
         student_steps=2,
         eval_every=2,
-        stop_at=int(stop_at) if stop_at else None,
+        stop_at=stop_at,
     )
     try:
         results = distill.distill_one_seed(config, strategy=strategy)
@@ -156,6 +140,17 @@ def distill_run(
     return {"iterations": results["iterations"], "weights": arrays}
 
 
+def checkpoint_portability(teacher_dir: str, data_dir: str, root: str) -> dict:
+    """A run straight through on one device (<root>/a); the same run stopped at 2
+    on two replicas and resumed on one device (<root>/b)."""
+    default = tf.distribute.get_strategy()
+    return {
+        "straight": _distill_run(default, teacher_dir, data_dir, f"{root}/a"),
+        "stopped": _distill_run(_mirrored(), teacher_dir, data_dir, f"{root}/b", 2),
+        "resumed": _distill_run(default, teacher_dir, data_dir, f"{root}/b"),
+    }
+
+
 def multi_worker(index: str, ports: str) -> dict:
     """One of two workers (one CPU each) running 3 iterations of the game."""
     hosts = [f"localhost:{port}" for port in ports.split(",")]
@@ -168,20 +163,38 @@ def multi_worker(index: str, ports: str) -> dict:
     return {**_play(strategy, {}), "chief": distribution.is_chief(strategy)}
 
 
-def replay_both(options: str) -> dict:
-    """The game with a replay pool on one device and on two replicas, in this one
-    process: losses and final weights of each."""
+# Every option beyond the paper at once: the priors, the l1 objective, the
+# class-conditional generator with its masked adversarial term, and a replay pool
+# (replicated: each replica holds all of it; the replay batch is drawn once for the
+# global batch and split like a training batch).
+BEYOND = {
+    "bn_prior": 0.5,
+    "balance_prior": 2.0,
+    "adversarial_loss": "l1",
+    "class_prior": 0.5,
+    "adversarial_mask": True,
+    "replay_size": 40,
+    "replay_steps": 2,
+}
+
+
+def games() -> dict:
+    """In this one process (a process start and TensorFlow's import cost more than
+    the cases): the paper's game and the game with every option beyond it, and 3
+    teacher SGD steps, each on one device and on two replicas."""
+    # One MirroredStrategy for all: a second one in a process clashes with the
+    # first's collective operations.
+    strategies = {"single": tf.distribute.get_strategy(), "mirrored": _mirrored()}
     return {
-        "single": _play(tf.distribute.get_strategy(), json.loads(options)),
-        "mirrored": _play(_mirrored(), json.loads(options)),
+        "paper": {k: _play(s, {}) for k, s in strategies.items()},
+        "beyond": {k: _play(s, BEYOND) for k, s in strategies.items()},
+        "teacher_steps": {k: _teacher_steps(s) for k, s in strategies.items()},
     }
 
 
 CASES = {
-    "replay_both": replay_both,
-    "zero_shot": zero_shot,
-    "teacher_steps": teacher_steps,
-    "distill_run": distill_run,
+    "games": games,
+    "checkpoint_portability": checkpoint_portability,
     "multi_worker": multi_worker,
 }
 

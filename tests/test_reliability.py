@@ -94,12 +94,11 @@ def _garbage(directory):
     data.write_bytes(bytes(content))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _remove_index, _garbage])
 def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_resumes(
-    tiny, runs_2_of_4, tmp_path, damage, caplog
+    tiny, runs_2_of_4, tmp_path, caplog
 ):
     _, data, _ = tiny
-    out = _damaged_copy(runs_2_of_4, tmp_path, damage)
+    out = _damaged_copy(runs_2_of_4, tmp_path, _truncate)
     resumed = distill.distill_one_seed(_config(tiny, out), data)
     warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.message]
     assert len(warnings) == 1 and "checkpoint ckpt-2 cannot be read" in warnings[0]
@@ -110,6 +109,24 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_resumes(
     kept = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.index"))
     assert kept == ["ckpt-3.index", "ckpt-4.index"]
     _assert_equals_undisturbed(runs_2_of_4, out, resumed)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _remove_index, _garbage])
+def test_every_kind_of_damage_is_found_and_set_aside(
+    runs_2_of_4, tmp_path, damage, caplog
+):
+    # The fallback the run above goes through, on its own: ckpt-2 damaged in each
+    # way is named, moved aside, and ckpt-1 is the one resumed from.
+    out = _damaged_copy(runs_2_of_4, tmp_path, damage)
+    _, prefix = checkpoints.resume({}, out)
+    assert prefix == out / "checkpoints" / "ckpt-1"
+    warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.message]
+    assert len(warnings) == 1 and "checkpoint ckpt-2 cannot be read" in warnings[0]
+    assert "\n" not in warnings[0]
+    assert list((out / "checkpoints" / "damaged").glob("ckpt-2.*"))
+    assert not list((out / "checkpoints").glob("ckpt-2.*"))
+    state = tf.train.get_checkpoint_state(str(out / "checkpoints"))
+    assert state.model_checkpoint_path.endswith("ckpt-1")
 
 
 def test_no_readable_checkpoint_stops_until_told_to_restart(
@@ -214,7 +231,7 @@ def test_the_same_directory_twice_in_one_process_is_refused(tmp_path):
         pass
 
 
-def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_one(
+def test_a_full_disk_during_any_write_is_one_line_and_the_run_resumes(
     tiny, runs_2_of_4, tmp_path, monkeypatch
 ):
     _, data, _ = tiny
@@ -241,17 +258,8 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_one(
     assert "\n" not in message and "cannot write checkpoint 3" in message
     assert "ckpt-2) is intact: free some disk space" in message
     monkeypatch.undo()
-    resumed = distill.distill_one_seed(_config(tiny, out), data)
-    assert not list((out / "checkpoints").glob("*_temp"))
-    _assert_equals_undisturbed(runs_2_of_4, out, resumed)
-
-
-def test_a_full_disk_for_any_other_write_is_one_line(
-    tiny, runs_2_of_4, tmp_path, monkeypatch
-):
-    _, data, _ = tiny
-    out = tmp_path / "run"
-    shutil.copytree(runs_2_of_4[0] / "stopped", out)
+    # Rerun, and the disk fills again, now for a record (history.json) after
+    # checkpoint 3 was written.
     write_json = runs.write_json
 
     def no_space_for_history(path, value):
@@ -266,10 +274,10 @@ def test_a_full_disk_for_any_other_write_is_one_line(
         "the last checkpoint .*ckpt-3.* is intact",
     ):
         distill.distill_one_seed(_config(tiny, out), data)
+    assert not list((out / "checkpoints").glob("*_temp"))
     monkeypatch.undo()
-    _assert_equals_undisturbed(
-        runs_2_of_4, out, distill.distill_one_seed(_config(tiny, out), data)
-    )
+    resumed = distill.distill_one_seed(_config(tiny, out), data)
+    _assert_equals_undisturbed(runs_2_of_4, out, resumed)
 
 
 def _can_mount_tmpfs(path) -> bool:

@@ -1,5 +1,6 @@
-"""Reuse of pseudo images: the replay pool, exact resume with it, two replicas, and
-the generator objectives from later methods against NumPy."""
+"""Reuse of pseudo images: the replay pool, exact resume with it, and the generator
+objectives from later methods against NumPy. The pool on two replicas is tested with
+every other option beyond the paper in test_distribution.py."""
 
 import dataclasses
 
@@ -10,7 +11,6 @@ from scipy.special import log_softmax
 
 from tests.helpers import tiny_teacher, weights_arrays
 from tests.test_adversarial import _clone
-from tests.test_distribution import _assert_same_run, _case
 from zskt_tf import adversarial, checkpoints, distill, model_io, replay
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
@@ -130,15 +130,3 @@ def test_class_prior_mask_and_weight_against_numpy(tiny):
     assert float(values["train/generator_loss"]) == pytest.approx(
         -1.3 * masked + 0.7 * cross_entropy, rel=1e-4, abs=1e-7
     )
-
-
-def test_the_pool_on_two_replicas_equals_one_device():
-    # Replicated pool: each replica holds all of it; the replay batch is drawn once
-    # for the global batch and split like a training batch (float64, one process).
-    options = (
-        '{"replay_size": 40, "replay_steps": 2, "class_prior": 0.5, '
-        '"adversarial_mask": true}'
-    )
-    both = _case("replay_both", options)
-    _assert_same_run(both["single"], both["mirrored"], 1e-9, 1e-8)
-    assert both["single"]["losses"][-1]["train/replay_kl"] > 0
