@@ -31,7 +31,7 @@ demo: $(BASE_STAMP)
 	$(BIN)/zskt-tf-demo --seed=$(SEED) --output_dir=runs/demo/seed_$(SEED)
 
 test: $(STAMP) $(TORCH_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: $(BASE_STAMP)
 	$(BIN)/pip install --quiet ruff
