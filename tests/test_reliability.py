@@ -48,6 +48,26 @@ def _config(tiny, out, **overrides):
     return distill.DistillConfig(**(values | overrides))
 
 
+def _flags(tiny, tmp_path, out, **overrides) -> list[str]:
+    """zskt-tf-distill's flags for one seed (0) of a tiny run into out."""
+    root, _, teacher_dir = tiny
+    values = dict(
+        teacher=teacher_dir,
+        dataset="folder",
+        data_dir=root,
+        cache_dir=tmp_path / "cache",
+        student_depth=10,
+        batch_size=8,
+        z_dim=16,
+        n_s=1,
+        eval_every=2,
+        checkpoint_every=1,
+        seeds=0,
+        output_dir=out,
+    )
+    return [f"--{key}={value}" for key, value in (values | overrides).items()]
+
+
 @pytest.fixture(scope="module")
 def runs_2_of_4(tiny, tmp_path_factory):
     """An undisturbed 4-iteration run, and the same run stopped at 2 (checkpoints 1
@@ -132,7 +152,7 @@ def test_every_kind_of_damage_is_found_and_set_aside(
 def test_no_readable_checkpoint_stops_until_told_to_restart(
     tiny, runs_2_of_4, tmp_path
 ):
-    root, data, _ = tiny
+    _, data, _ = tiny
 
     def both(directory):
         _truncate(directory)
@@ -140,21 +160,8 @@ def test_no_readable_checkpoint_stops_until_told_to_restart(
         (directory / "checkpoint").write_text("garbage {")
 
     out = _damaged_copy(runs_2_of_4, tmp_path, both)
-    command = [
-        f"--teacher={tiny[2]}",
-        "--dataset=folder",
-        f"--data_dir={root}",
-        f"--cache_dir={tmp_path / 'cache'}",
-        "--student_depth=10",
-        "--batch_size=8",
-        "--z_dim=16",
-        "--total_iterations=4",
-        "--n_s=2",
-        "--eval_every=2",
-        "--checkpoint_every=1",
-        "--seeds=0",
-        f"--output_dir={tmp_path / 'top'}",  # the run directory is <that>/seed_0
-    ]
+    # _config's run as flags; the run directory is <output_dir>/seed_0.
+    command = _flags(tiny, tmp_path, tmp_path / "top", total_iterations=4, n_s=2)
     runs.write_json(
         tmp_path / "top" / "config.json",
         dataclasses.asdict(_config(tiny, tmp_path / "top"))
@@ -180,22 +187,9 @@ def test_no_readable_checkpoint_stops_until_told_to_restart(
 def test_a_second_run_into_the_same_directory_exits_and_a_dead_ones_lock_is_taken(
     tiny, tmp_path
 ):
-    root, _, teacher_dir = tiny
-    command = [
-        f"--teacher={teacher_dir}",
-        "--dataset=folder",
-        f"--data_dir={root}",
-        f"--cache_dir={tmp_path / 'cache'}",
-        "--student_depth=10",
-        "--batch_size=8",
-        "--z_dim=16",
-        "--total_iterations=100000",
-        "--n_s=1",
-        "--eval_every=50000",
-        "--checkpoint_every=1",
-        "--seeds=0",
-        f"--output_dir={tmp_path / 'run'}",
-    ]
+    command = _flags(
+        tiny, tmp_path, tmp_path / "run", total_iterations=100000, eval_every=50000
+    )
     first = start_program("zskt-tf-distill", *command)
     lock = tmp_path / "run" / "seed_0" / locks.LOCK_FILE
     try:
