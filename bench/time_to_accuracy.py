@@ -16,7 +16,7 @@ Configurations are label=flags; the flags are zskt-tf-distill's, and a
 
 Usage:
   python bench/time_to_accuracy.py --teachers=TN=embedded:cifar10-wrn-16-2 \
-      --configs='paper80k,paperN=--total_iterations={budget},fast=--preset=fast' \
+      --configs='paper80k,paperN=--total_iterations={budget},budget=--preset=budget' \
       --seeds=0,1,2 --data_dir=../shared/datasets/cifar10-jpeg.tar.gz \
       --output_dir=runs/tta --plot=docs/images/time-to-accuracy.png
 """
