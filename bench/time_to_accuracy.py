@@ -49,6 +49,12 @@ flags.DEFINE_string("data_dir", None, "Local files of --dataset.")
 flags.DEFINE_string("output_dir", "runs/tta", "Root of the runs.")
 flags.DEFINE_boolean("table_only", False, "Only print the table (and plot).")
 flags.DEFINE_string("plot", None, "Draw accuracy against time, images and steps here.")
+flags.DEFINE_boolean(
+    "plot_time",
+    True,
+    "Draw the first panel against time in training steps; false: against iterations "
+    "(for runs that did not share the machine alike).",
+)
 flags.mark_flag_as_required("teachers")
 FLAGS = flags.FLAGS
 PAPER = "paper80k"
@@ -137,7 +143,7 @@ def series(teacher_label, config_label, seed) -> list[dict]:
     history, timeline = (json.loads(p.read_text()) for p in paths)
     config = json.loads((directory / "config.json").read_text())
     batch = config["batch_size"]
-    steps = config["student_steps"] + config.get("replay_steps", 0)
+    steps = config["student_steps"] + (config.get("replay_steps") or 0)
     seconds = {t["iteration"]: t["train_seconds"] for t in timeline}
     return [
         {
@@ -217,8 +223,11 @@ def plot(teachers, configs, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    first = ("seconds", "minutes in training steps", 1 / 60)
+    if not FLAGS.plot_time:
+        first = ("iteration", "iterations", 1)
     axes_of = (
-        ("seconds", "minutes in training steps", 1 / 60),
+        first,
         ("images", "generator images (thousands)", 1e-3),
         ("sample_steps", "student sample-steps (millions)", 1e-6),
     )
@@ -249,7 +258,7 @@ def plot(teachers, configs, path) -> None:
                 )
                 axis.set(xlabel=label, ylabel="test accuracy (%)", title=teacher_label)
                 axis.grid(alpha=0.3)
-        if budget:
+        if budget and FLAGS.plot_time:
             row[0].axvline(budget / 60, color="gray", linestyle="--", label="budget")
         for axis in row:
             axis.legend(fontsize=8)
