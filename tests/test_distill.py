@@ -305,5 +305,10 @@ def test_presets_name_settings_that_exist_and_validate(tiny, tmp_path):
         _config(tiny, tmp_path / name, **configs.preset(name)).validate()
     with pytest.raises(UserError, match="unknown preset 'fast'; choose one of budget"):
         configs.preset("fast")
+    import zskt_tf
+
+    with pytest.raises(UserError, match="unknown preset 'fast'"):
+        zskt_tf.distill(tiny[2], preset="fast", output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     described = configs.preset_description("budget")
     assert "--n_s=2 (paper: 10)" in described and "--bn_prior=10.0" in described
