@@ -107,3 +107,21 @@ def tiny_teacher(
     )
     teacher.train_teacher(config, data)
     return root, data, teacher_dir
+
+
+def tiny_distill_config(tiny, out, **settings):
+    """A zero-shot run into out from tiny_teacher's teacher, evaluated on its image
+    folder: a WRN-10-1 student, batch 8, z of size 16; settings override any field."""
+    from zskt_tf import configs
+
+    _, _, teacher_dir = tiny
+    values = dict(
+        teacher=str(teacher_dir),
+        output_dir=str(out),
+        dataset="folder",
+        student_depth=10,
+        student_width=1,
+        batch_size=8,
+        z_dim=16,
+    )
+    return configs.DistillConfig(**(values | settings))

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tests.helpers import (
     run_program,
+    tiny_distill_config,
     tiny_teacher,
     user_error,
     weights_arrays,
@@ -27,23 +28,8 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, out, **overrides):
-    _, _, teacher_dir = tiny
-    values = (
-        dict(
-            teacher=str(teacher_dir),
-            output_dir=str(out),
-            dataset="folder",
-            student_depth=10,
-            student_width=1,
-            batch_size=8,
-            z_dim=16,
-            total_iterations=6,
-            student_steps=2,
-            eval_every=3,
-        )
-        | overrides
-    )
-    return distill.DistillConfig(**values)
+    values = dict(total_iterations=6, student_steps=2, eval_every=3)
+    return tiny_distill_config(tiny, out, **(values | overrides))
 
 
 def _seeds_config(tiny, tmp_path, name, **overrides):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tests.helpers import (
     run_program,
     start_program,
+    tiny_distill_config,
     tiny_teacher,
     user_error,
     weights_arrays,
@@ -31,21 +32,8 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, out, **overrides):
-    _, _, teacher_dir = tiny
-    values = dict(
-        teacher=str(teacher_dir),
-        output_dir=str(out),
-        dataset="folder",
-        student_depth=10,
-        student_width=1,
-        batch_size=8,
-        z_dim=16,
-        total_iterations=4,
-        student_steps=2,
-        eval_every=2,
-        checkpoint_every=1,
-    )
-    return distill.DistillConfig(**(values | overrides))
+    values = dict(total_iterations=4, student_steps=2, eval_every=2, checkpoint_every=1)
+    return tiny_distill_config(tiny, out, **(values | overrides))
 
 
 def _flags(tiny, tmp_path, out, **overrides) -> list[str]:

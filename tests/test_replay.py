@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from scipy.special import log_softmax
 
-from tests.helpers import tiny_teacher, weights_arrays
+from tests.helpers import tiny_distill_config, tiny_teacher, weights_arrays
 from tests.test_adversarial import _clone
 from zskt_tf import adversarial, checkpoints, distill, model_io, replay
 from zskt_tf.errors import UserError
@@ -47,14 +47,10 @@ def tiny(tmp_path_factory):
 
 
 def test_a_replay_run_resumes_exactly(tiny, tmp_path):
-    _, data, teacher_dir = tiny
-    config = distill.DistillConfig(
-        teacher=str(teacher_dir),
-        output_dir=str(tmp_path / "straight"),
-        dataset="folder",
-        student_depth=10,
-        batch_size=8,
-        z_dim=16,
+    _, data, _ = tiny
+    config = tiny_distill_config(
+        tiny,
+        tmp_path / "straight",
         total_iterations=4,
         student_steps=1,
         eval_every=2,
