@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, tiny_teacher, user_error
+from tests.helpers import HANG_GUARD_SECONDS, REPO, tiny_teacher, user_error
 
 
-def _case(*arguments, timeout=240):
+def _case(*arguments, timeout=HANG_GUARD_SECONDS):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-m", "tests.distributed_cases", *arguments],
@@ -41,7 +41,7 @@ def _assert_same_run(one, two, loss_rtol=1e-5, weight_atol=1e-4):
 @pytest.fixture(scope="module")
 def games():
     """Every game of these tests, on one device and on two replicas, in one process."""
-    return _case("games", timeout=600)
+    return _case("games")
 
 
 @pytest.mark.parametrize("options", ["paper", "beyond"])
@@ -109,7 +109,7 @@ def test_two_worker_processes_equal_one_device(games):
     ]
     outputs = []
     for worker in workers:
-        stdout, stderr = worker.communicate(timeout=240)
+        stdout, stderr = worker.communicate(timeout=HANG_GUARD_SECONDS)
         assert worker.returncode == 0, stderr[-3000:]
         outputs.append(json.loads(stdout.strip().splitlines()[-1]))
     assert [output["chief"] for output in outputs] == [True, False]

@@ -6,7 +6,7 @@ import pathlib
 import nbformat
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import HANG_GUARD_SECONDS, REPO
 
 nbclient = pytest.importorskip("nbclient")
 
@@ -22,7 +22,7 @@ def test_quickstart_notebook_runs(tmp_path):
     try:
         client = nbclient.NotebookClient(
             notebook,
-            timeout=600,
+            timeout=HANG_GUARD_SECONDS,
             kernel_name="python3",
             resources={"metadata": {"path": str(tmp_path)}},
         )

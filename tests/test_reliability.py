@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import (
+    HANG_GUARD_SECONDS,
     run_program,
     start_program,
     tiny_distill_config,
@@ -181,7 +182,7 @@ def test_a_second_run_into_the_same_directory_exits_and_a_dead_ones_lock_is_take
     first = start_program("zskt-tf-distill", *command)
     lock = tmp_path / "run" / "seed_0" / locks.LOCK_FILE
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + HANG_GUARD_SECONDS
         while not (lock.is_file() and lock.read_text().strip()):
             assert first.poll() is None, first.stdout.read()
             assert time.time() < deadline, "the first run never took its lock"

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import (
+    HANG_GUARD_SECONDS,
     run_program,
     start_program,
     weights_arrays,
@@ -123,7 +124,7 @@ def test_sigint_saves_a_checkpoint_and_rerun_continues(tmp_path, tiny):
         if "teacher step" in line:
             break
     process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
+    output = process.communicate(timeout=HANG_GUARD_SECONDS)[0]
     assert process.returncode == 130, output
     assert "Rerun the same command to resume" in output
     assert "Traceback" not in output

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import zskt_tf
+from tests.helpers import HANG_GUARD_SECONDS
 from zskt_tf.wide_resnet import check_architecture
 
 
@@ -102,7 +103,7 @@ def _init_checksum(seed):
         capture_output=True,
         text=True,
         check=True,
-        timeout=120,
+        timeout=HANG_GUARD_SECONDS,
     )
     return float(result.stdout.split()[-1])
 
