@@ -13,13 +13,13 @@ import pytest
 from tests.helpers import HANG_GUARD_SECONDS, REPO, tiny_teacher, user_error
 
 
-def _case(*arguments, timeout=HANG_GUARD_SECONDS):
+def _case(*arguments):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-m", "tests.distributed_cases", *arguments],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=HANG_GUARD_SECONDS,
         env=env,
         cwd=REPO,
     )
