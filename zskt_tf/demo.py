@@ -8,8 +8,8 @@ TEACHER = "embedded:cifar10-wrn-16-2"
 DATASET = "embedded:cifar10-test-2k"
 
 # The first 80 iterations of the paper's 80,000-iteration schedule, at the paper's
-# batch of 128 (about 3 minutes on a fast 2-core CPU, 7 on the slower machines here,
-# so that set-up included the demo stays within 10 minutes), with one option from
+# batch of 128 (330 s of distillation on a slower 2-core machine here, so that with the
+# set-up the demo stays within 10 minutes; docs/RESULTS.md), with one option from
 # beyond the paper: the teacher's BatchNorm-statistics prior on the generator. With
 # it seeds 0, 1, 2 reached 33.6/31.8/32.8% at iteration 80 (37.80/39.05/40.75% at
 # 100) on the embedded images; with the paper's exact method 23.3/17.9/23.3% at 80,
