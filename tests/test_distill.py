@@ -71,7 +71,7 @@ def test_cli_end_to_end_leaves_every_output(tmp_path, tiny):
     assert "preset budget, differs from the paper's settings in:" in result.stdout
     config = json.loads((out / "config.json").read_text())
     assert (config["total_iterations"], config["student_steps"]) == (4, 1)
-    assert (config["replay_size"], config["replay_steps"]) == (64, 4)
+    assert (config["replay_size"], config["replay_steps"]) == (64, 10)
     assert (config["bn_prior"], config["class_prior"]) == (10.0, 0.5)
     for seed in (0, 1):
         run = out / f"seed_{seed}"

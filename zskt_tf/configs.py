@@ -432,16 +432,17 @@ PRESETS: dict[str, dict] = {
     # Every setting the paper's (the defaults).
     "paper": {},
     # A complete schedule for a small budget (docs/RESULTS.md, "Finished students on
-    # a budget"): 500 iterations annealed to 0 (about 17 minutes at batch 128 on a
-    # quiet 2-core CPU with a WRN-16-2 teacher); the student takes 2 steps on each
-    # new batch and 4 on batches drawn from a pool of the last 32,768 pseudo images;
-    # the generator adds the teacher's BatchNorm statistics (weight 10) and a
-    # class-conditional cross entropy (weight 0.5) to the paper's adversarial loss.
+    # a budget"): 500 iterations annealed to 0 (an iteration costs 1.2-1.6 of one of
+    # the paper's on a CPU, more with a larger teacher: each step on the pool runs the
+    # teacher on its batch); the student takes 2 steps on each new batch and 10
+    # on batches drawn from a pool of the last 32,768 pseudo images; the generator
+    # adds the teacher's BatchNorm statistics (weight 10) and a class-conditional
+    # cross entropy (weight 0.5) to the paper's adversarial loss.
     "budget": dict(
         total_iterations=500,
         student_steps=2,
         replay_size=32_768,
-        replay_steps=4,
+        replay_steps=10,
         bn_prior=10.0,
         class_prior=0.5,
     ),
