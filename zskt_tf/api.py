@@ -137,6 +137,10 @@ def distill(
         seed=seed,
         **settings,
     )
+    if configs.preset(preset):
+        from absl import logging
+
+        logging.info(configs.preset_description(preset, config))
     in_memory = teacher if isinstance(teacher, keras.Model) else None
     _, trained = distill_module.distill_one_seed(
         config, data, strategy, in_memory, student, return_student=True

@@ -460,15 +460,22 @@ def preset(name: str | None) -> dict:
     return dict(PRESETS[name])
 
 
-def preset_description(name: str | None) -> str:
-    """One line: which settings of the preset differ from the paper's."""
+def preset_description(name: str | None, config: DistillConfig | None = None) -> str:
+    """One line: which settings of the preset differ from the paper's.
+
+    With the run's config, each value is the one the run uses: a setting given
+    explicitly over the preset's is shown with the preset's value beside it.
+    """
     values = preset(name)
     if not values:
         return "preset paper: every setting the paper's"
     defaults = {f.name: f for f in dataclasses.fields(DistillConfig)}
-    changes = ", ".join(
-        f"--{defaults[key].metadata['flag'] or key}={value} "
-        f"(paper: {defaults[key].default})"
-        for key, value in values.items()
-    )
-    return f"preset {name}, differs from the paper's settings in: {changes}"
+    changes = []
+    for key, value in values.items():
+        used = value if config is None else getattr(config, key)
+        given = "" if used == value else f", given over the preset's {value}"
+        changes.append(
+            f"--{defaults[key].metadata['flag'] or key}={used} "
+            f"(paper: {defaults[key].default}{given})"
+        )
+    return f"preset {name}, differs from the paper's settings in: {', '.join(changes)}"
