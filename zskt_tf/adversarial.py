@@ -7,22 +7,16 @@ import keras
 import tensorflow as tf
 
 from zskt_tf import distribution, losses, networks, schedules
-from zskt_tf.configs import ADVERSARIAL_LOSSES, GameConfig  # noqa: F401 (re-exported)
+from zskt_tf.configs import (  # noqa: F401 (ADVERSARIAL_LOSSES, METRICS re-exported)
+    ADVERSARIAL_LOSSES,
+    METRICS,
+    GameConfig,
+)
 from zskt_tf.optimizers import TorchAdam, TorchSGD
 from zskt_tf.wide_resnet import TAPS
 
 # PyTorch's Adam epsilon (Keras defaults to 1e-7); the authors use torch defaults.
 ADAM_EPSILON = 1e-8
-# Every run logs these; bn_prior and balance_prior add their own terms.
-METRICS = (
-    "train/generator_loss",
-    "train/generator_kl",
-    "train/student_loss",
-    "train/kl",
-    "train/attention",
-    "train/teacher_max_prob",
-    "train/student_max_prob",
-)
 
 
 def student_optimizer(config):

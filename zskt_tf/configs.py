@@ -16,6 +16,16 @@ from zskt_tf.errors import UserError
 LR_SCHEDULES = ("step", "cosine", "onecycle")
 ADVERSARIAL_LOSSES = ("kl", "l1")
 STUDENT_OPTIMIZERS = ("adam", "sgd")
+# Every run logs these; bn_prior and balance_prior add their own terms.
+METRICS = (
+    "train/generator_loss",
+    "train/generator_kl",
+    "train/student_loss",
+    "train/kl",
+    "train/attention",
+    "train/teacher_max_prob",
+    "train/student_max_prob",
+)
 
 
 def option(default, help: str, flag: str | None = None, choices=None):  # noqa: A002
@@ -289,8 +299,6 @@ class GameConfig:
 
     def metric_tags(self) -> tuple[str, ...]:
         """The metric tags the iteration returns under these settings."""
-        from zskt_tf.adversarial import METRICS
-
         optional = {
             "train/bn_loss": self.bn_prior,
             "train/balance_loss": self.balance_prior,
