@@ -16,7 +16,8 @@ from zskt_tf.errors import UserError
 LR_SCHEDULES = ("step", "cosine", "onecycle")
 ADVERSARIAL_LOSSES = ("kl", "l1")
 STUDENT_OPTIMIZERS = ("adam", "sgd")
-# Every run logs these; bn_prior and balance_prior add their own terms.
+# Every run logs these; the priors and the replay pool add their own
+# (GameConfig.metric_tags).
 METRICS = (
     "train/generator_loss",
     "train/generator_kl",
