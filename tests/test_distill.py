@@ -222,6 +222,15 @@ def test_bad_input_is_caught_before_training(tmp_path, tiny):
     )
     assert "error:" in stderr and "not found" in stderr
     assert not (tmp_path / "f").exists()  # nothing is written for bad input
+    # A flag value outside its choices: absl's parser, answered the same way.
+    stderr = user_error(
+        "zskt-tf-distill",
+        "--teacher=embedded:cifar10-wrn-16-2",
+        "--adversarial_loss=l2",
+        f"--output_dir={tmp_path / 'g'}",
+    )
+    assert "error: flag --adversarial_loss=l2: value should be one of <kl|l1>" in stderr
+    assert "FATAL" not in stderr and not (tmp_path / "g").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, tiny):

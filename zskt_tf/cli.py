@@ -48,7 +48,19 @@ def run(main) -> None:
             print(str(error), file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag (unknown, malformed, a value outside its
+    choices, a required one missing) reported as one 'error:' line and status 2,
+    like every other user mistake, instead of absl's two 'FATAL' lines."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line)
+        print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
