@@ -23,8 +23,8 @@ EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C; the run can be resumed
 def run(main) -> None:
     """absl.app.run(main), mapping UserError (and a full disk, wherever it strikes)
     to 'error: ...' and exit status 2, and an interruption (checkpoint saved) to one
-    line and status 130. TensorFlow is imported only once main runs, so --help
-    answers at once."""
+    line and status 130. (The programs import TensorFlow with zskt_tf, whose package
+    loads Keras, so even --help and a bad flag wait for that import.)"""
 
     def guarded(argv):
         from zskt_tf.checkpoints import Interrupted, disk_full
@@ -33,17 +33,14 @@ def run(main) -> None:
         try:
             return main(argv)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            _fail(str(error))
         except OSError as error:
             if not disk_full(error):
                 raise
-            print(
-                f"error: no space left on device ({error}); free some disk space "
-                "and rerun the same command (runs resume from their last checkpoint)",
-                file=sys.stderr,
+            _fail(
+                f"no space left on device ({error}); free some disk space and rerun "
+                "the same command (runs resume from their last checkpoint)"
             )
-            sys.exit(EXIT_USER_ERROR)
         except Interrupted as error:
             print(str(error), file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
@@ -58,9 +55,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        message = "; ".join(line.strip() for line in str(error).splitlines() if line)
-        print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        lines = (line.strip() for line in str(error).splitlines())
+        message = "; ".join(line for line in lines if line)
+        _fail(f"{message} (--helpshort lists the flags)")
+
+
+def _fail(message: str) -> None:
+    """A user mistake: one 'error:' line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def parse_floats(text: str, name: str) -> tuple[float, ...]:
