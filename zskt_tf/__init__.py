@@ -7,25 +7,18 @@ student = zskt_tf.distill(teacher, student=make_student, input_scale="0,255")
 import importlib
 
 from zskt_tf.errors import UserError
-from zskt_tf.generator import generator
-from zskt_tf.losses import (
-    attention_loss,
-    attention_map,
-    generator_loss,
-    kd_at_loss,
-    kl_divergence,
-    student_loss,
-    total_attention_loss,
-)
-from zskt_tf.wide_resnet import wide_resnet
 
 __version__ = "0.1.0"
 
-# The rest of the API, loaded on first use: name -> (module, attribute; None: the
-# module itself). zskt_tf.distill is the module zskt_tf.distill, which is callable:
+# The API, loaded on first use, so that `import zskt_tf` and the command-line
+# programs' --help do not wait for TensorFlow: name -> (module, attribute; None: the
+# module itself). zskt_tf.distill, zskt_tf.generator and zskt_tf.wide_resnet are
+# modules that can be called as their function (zskt_tf.callable_module):
 # zskt_tf.distill(teacher, student, ...) is zskt_tf.api.distill.
 _LAZY = {
     "distill": ("zskt_tf.distill", None),
+    "generator": ("zskt_tf.generator", None),
+    "wide_resnet": ("zskt_tf.wide_resnet", None),
     "train_teacher": ("zskt_tf.teacher", "train_teacher"),
     "load_run": ("zskt_tf.api", "load_run"),
     "export_model": ("zskt_tf.api", "export_model"),
@@ -34,21 +27,21 @@ _LAZY = {
     "TeacherConfig": ("zskt_tf.configs", "TeacherConfig"),
     "FewShotConfig": ("zskt_tf.configs", "FewShotConfig"),
     "AttentionPair": ("zskt_tf.networks", "AttentionPair"),
+    **{
+        name: ("zskt_tf.losses", name)
+        for name in (
+            "attention_loss",
+            "attention_map",
+            "generator_loss",
+            "kd_at_loss",
+            "kl_divergence",
+            "student_loss",
+            "total_attention_loss",
+        )
+    },
 }
 
-__all__ = [
-    "UserError",
-    "attention_loss",
-    "attention_map",
-    "generator",
-    "generator_loss",
-    "kd_at_loss",
-    "kl_divergence",
-    "student_loss",
-    "total_attention_loss",
-    "wide_resnet",
-    *_LAZY,
-]
+__all__ = ["UserError", *_LAZY]
 
 
 def __getattr__(name):

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
-import types
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from zskt_tf import (
+    callable_module,
     checkpoints,
     datasets,
     distribution,
@@ -296,15 +295,9 @@ def distill(
     return summary
 
 
-class _CallableModule(types.ModuleType):
-    """Lets `zskt_tf.distill(teacher, student, ...)` be the Keras-style entry point
-    (zskt_tf.api.distill: models in, the trained student out) while this module
-    keeps its functions: distill.distill(config, seeds), distill.DistillConfig."""
+# zskt_tf.distill(teacher, student, ...) is the Keras-style entry point
+# (zskt_tf.api.distill: models in, the trained student out); this module keeps its
+# functions: distill.distill(config, seeds), distill.DistillConfig.
+from zskt_tf import api  # noqa: E402 (api does not import this module)
 
-    def __call__(self, *args, **kwargs):
-        from zskt_tf import api
-
-        return api.distill(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_module.make_callable(__name__, api.distill)

@@ -6,6 +6,7 @@ import math
 
 import keras
 
+from zskt_tf import callable_module
 from zskt_tf.wide_resnet import BatchNorm, output_dtype
 
 LEAKY_RELU_SLOPE = 0.2  # reference section 1
@@ -118,3 +119,7 @@ def generator(
         name="image_bn", dtype=output_dtype(), synchronized=synchronized
     )(x)
     return keras.Model(z, images, name=name)
+
+
+# zskt_tf.generator(...) calls generator() (see zskt_tf.callable_module).
+callable_module.make_callable(__name__, generator)

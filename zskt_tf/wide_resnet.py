@@ -6,6 +6,7 @@ import functools
 
 import keras
 
+from zskt_tf import callable_module
 from zskt_tf.configs import check_architecture  # noqa: F401 (re-exported)
 from zskt_tf.errors import UserError
 
@@ -163,3 +164,7 @@ def check_taps_match(teacher: keras.Model, student: keras.Model) -> None:
             f"attention transfer needs matching taps: teacher {teacher_taps}, student "
             f"{student_taps}; use a student of the teacher's family or --beta=0"
         )
+
+
+# zskt_tf.wide_resnet(...) calls wide_resnet() (see zskt_tf.callable_module).
+callable_module.make_callable(__name__, wide_resnet)
