@@ -23,8 +23,8 @@ EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C; the run can be resumed
 def run(main) -> None:
     """absl.app.run(main), mapping UserError (and a full disk, wherever it strikes)
     to 'error: ...' and exit status 2, and an interruption (checkpoint saved) to one
-    line and status 130. (The programs import TensorFlow with zskt_tf, whose package
-    loads Keras, so even --help and a bad flag wait for that import.)"""
+    line and status 130. `import zskt_tf` does not load TensorFlow (only main's own
+    imports do), so --help and a bad flag are answered at once."""
 
     def guarded(argv):
         from zskt_tf.checkpoints import Interrupted, disk_full
