@@ -16,15 +16,17 @@ import types
 from collections.abc import Callable
 
 
-def make_callable(module_name: str, function: Callable) -> None:
-    """Calling the module `module_name` calls `function`, whose signature
-    `inspect.signature(module)` reports and whose docstring the call carries."""
+def make_callable(module_name: str, load: Callable[[], Callable]) -> None:
+    """Calling the module `module_name` calls the function that `load()` returns
+    (loaded at the first call, so a module can forward to one that imports it);
+    `inspect.signature(module)` is that function's."""
 
     class CallableModule(types.ModuleType):
         def __call__(self, *args, **kwargs):
-            return function(*args, **kwargs)
+            return load()(*args, **kwargs)
 
-    CallableModule.__call__.__doc__ = function.__doc__
-    module = sys.modules[module_name]
-    module.__class__ = CallableModule
-    module.__signature__ = inspect.signature(function)
+        @property
+        def __signature__(self):
+            return inspect.signature(load())
+
+    sys.modules[module_name].__class__ = CallableModule

@@ -295,9 +295,13 @@ def distill(
     return summary
 
 
+def _keras_style_distill():
+    from zskt_tf import api
+
+    return api.distill
+
+
 # zskt_tf.distill(teacher, student, ...) is the Keras-style entry point
 # (zskt_tf.api.distill: models in, the trained student out); this module keeps its
 # functions: distill.distill(config, seeds), distill.DistillConfig.
-from zskt_tf import api  # noqa: E402 (api does not import this module)
-
-callable_module.make_callable(__name__, api.distill)
+callable_module.make_callable(__name__, _keras_style_distill)

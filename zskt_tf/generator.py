@@ -122,4 +122,4 @@ def generator(
 
 
 # zskt_tf.generator(...) calls generator() (see zskt_tf.callable_module).
-callable_module.make_callable(__name__, generator)
+callable_module.make_callable(__name__, lambda: generator)
