@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import shutil
 
 import h5py
@@ -158,10 +159,11 @@ def test_the_seed_alone_determines_a_run(tmp_path, tiny):
     assert any(not np.array_equal(seed_0[k], seed_1[k]) for k in seed_0)
 
 
-def test_stop_at_stops_every_seed_there(tmp_path, tiny):
+def test_stop_at_stops_every_seed_there(tmp_path, tiny, caplog):
     # --seeds=0,1 --stop_at=1 runs both seeds to iteration 1 (Colab chunks), not just
     # the first; the same command again trains nothing; without stop_at both finish.
     config = _seeds_config(tiny, tmp_path, "chunks", eval_every=1, stop_at=1)
+    caplog.set_level(logging.INFO)
 
     def last_iterations():
         return [
@@ -177,6 +179,10 @@ def test_stop_at_stops_every_seed_there(tmp_path, tiny):
         ):
             distill.distill(config, seeds=(0, 1))
         assert last_iterations() == [1, 1]
+    # Each seed's progress line counted its ETA to the stop, once: the rerun trained
+    # nothing.
+    to_the_stop = [m for m in caplog.messages if "ETA" in m and "to the stop at 1" in m]
+    assert len(to_the_stop) == 2, caplog.messages
     summary = distill.distill(dataclasses.replace(config, stop_at=None), seeds=(0, 1))
     assert sorted(summary["seeds"]) == ["0", "1"]
     assert last_iterations() == [2, 2]

@@ -274,7 +274,10 @@ class _Run:
     def train(self, guard) -> None:
         settings, trainer = self.settings, self.trainer
         progress = Progress(
-            settings.progress_label, settings.total_steps, start=int(self.step)
+            settings.progress_label,
+            settings.total_steps,
+            start=int(self.step),
+            stop_at=settings.stop_at,
         )
         stop_at, total = settings.stop_at, settings.total_steps
         if stop_at is not None and stop_at <= int(self.step) < total:
