@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import tiny_teacher
-from zskt_tf import adversarial, model_io
+from zskt_tf import adversarial, model_io, pixels
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
 from zskt_tf.wide_resnet import wide_resnet
@@ -274,3 +274,33 @@ def test_jit_and_mixed_precision_are_refused_without_an_accelerator():
         check_accelerator_options(jit=True, mixed_precision=False)
     with pytest.raises(UserError, match="--mixed_precision .* needs a GPU"):
         check_accelerator_options(jit=False, mixed_precision=True)
+
+
+def test_clip_images_keeps_pseudo_images_in_the_pixel_range(tiny):
+    _, _, teacher_dir = tiny
+    frozen, student, gen, optimizers = _networks(teacher_dir)
+    scale = pixels.parse("0,255", 3)
+    low, high = scale.pixel_bounds()
+    assert low == (0.0,) * 3 and high == (255.0,) * 3
+    assert pixels.parse("-1,1", 1).pixel_bounds() == ((-1.0,), (1.0,))
+    standard = pixels.standardising((0.5, 0.25, 0.0), (0.5, 0.25, 0.1))
+    np.testing.assert_allclose(standard.pixel_bounds(), [(-1, -1, 0), (1, 3, 10)])
+    z = tf.random.normal((8, 16), seed=3)
+    games = [
+        adversarial.AdversarialGame(
+            frozen,
+            student,
+            gen,
+            *optimizers,
+            _config(clip_images=clip),
+            input_map=scale.generator_map(),
+            input_bounds=scale.pixel_bounds() if clip else None,
+        )
+        for clip in (False, True)
+    ]
+    unbounded, clipped = (game.images(z).numpy() for game in games)
+    # The standardised images, read as pixels of mean 0.5 and std 0.25, spill over
+    # [0, 255] at +-2 standard deviations; clipping cuts exactly those.
+    assert unbounded.min() < 0 and unbounded.max() > 255
+    np.testing.assert_allclose(clipped, np.clip(unbounded, 0, 255), rtol=1e-6)
+    assert 0.0 < np.mean((clipped == 0) | (clipped == 255)) < 0.2

@@ -102,6 +102,7 @@ class AdversarialGame:
         strategy=None,
         pairs=WRN_PAIRS,
         input_map=None,
+        input_bounds=None,
     ):
         """Args: the frozen teacher and the student (keras.Models with dict
         outputs, or zskt_tf.networks.TappedNetworks), the generator, the optimisers
@@ -109,7 +110,8 @@ class AdversarialGame:
         pairs as (teacher output key, student output key), and input_map, the
         per-channel (scale, shift) from the generator's standardised images to the
         teacher's input space (zskt_tf.pixels; None: the same space, the paper's
-        case)."""
+        case), and input_bounds, the per-channel (low, high) its images are clipped
+        to in that space (None: unbounded, the paper's case)."""
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
         self.teacher, self.bn_layers = (
@@ -118,6 +120,7 @@ class AdversarialGame:
         self.teacher_keys = [t for t, _ in pairs]
         self.student_keys = [s for _, s in pairs]
         self.input_map = input_map
+        self.input_bounds = input_bounds
         self.num_classes = networks.class_count(teacher)
         self.student, self.generator = student, generator
         self.student_optimizer = student_optimizer
@@ -242,10 +245,13 @@ class AdversarialGame:
         """The generator's images for z (training mode: batch statistics, as the
         authors always run it), in the teacher's input space."""
         images = self.generator(z, training=True)
-        if self.input_map is None:
-            return images
-        scale, shift = (tf.constant(v, images.dtype) for v in self.input_map)
-        return images * scale + shift
+        if self.input_map is not None:
+            scale, shift = (tf.constant(v, images.dtype) for v in self.input_map)
+            images = images * scale + shift
+        if self.input_bounds is not None:
+            low, high = (tf.constant(v, images.dtype) for v in self.input_bounds)
+            images = tf.clip_by_value(images, low, high)
+        return images
 
     def generator_step(self, z) -> dict:
         """One generator update on this replica's z (replica context)."""

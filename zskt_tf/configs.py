@@ -276,6 +276,12 @@ class GameConfig:
         "Beyond the paper. The generator maximises the disagreement only on images "
         "both networks put in the same class (CMI, Fast).",
     )
+    clip_images: bool = option(
+        False,
+        "Beyond the paper. Clip the generator's images to the range of real pixels "
+        "([0, 1] on the pixel scale, mapped into the teacher's input space) before "
+        "either network sees them; the paper's images are unbounded.",
+    )
     # Reuse (reference section 10): a pool of past pseudo images for the student.
     replay_size: int = option(
         0,

@@ -55,6 +55,13 @@ class InputScale:
         )
         return scale, shift
 
+    def pixel_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(low, high) per channel: pixels 0 and 1 (of 255/255) in the model's
+        space."""
+        low = tuple(-m / t for m, t in zip(self.mean, self.std, strict=True))
+        high = tuple((1.0 - m) / t for m, t in zip(self.mean, self.std, strict=True))
+        return low, high
+
 
 def _per_channel(values, channels: int, what: str) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)

@@ -149,6 +149,7 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.strategy,
             pairs,
             None if scale.identity else scale.generator_map(),
+            scale.pixel_bounds() if config.clip_images else None,
         )
         self.pool = None
         if config.replay_size:
