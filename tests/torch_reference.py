@@ -1,9 +1,10 @@
 """A small PyTorch reference of the authors' networks and zero-shot solver.
 
-Written here from the facts of the reference doc (sections 1-3) and the order of
-updates in the authors' solver, so that tests can hold zskt_tf against it: their WRN
-(with their state_dict key layout), their generator and one outer iteration of their
-loop. Only the tests import this module (PyTorch is not a dependency of zskt_tf).
+Written here from the paper's method (ZSKT, arXiv 1905.09768, Sec. 3, Algorithm 1),
+the authors' published settings and the order of updates in their solver, so that
+tests can hold zskt_tf against it: their WRN (with their state_dict key layout),
+their generator and one outer iteration of their loop. Only the tests import this
+module (PyTorch is not a dependency of zskt_tf).
 """
 
 import contextlib
@@ -79,7 +80,7 @@ class TorchWRN(nn.Module):
         self.block3 = Group(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], classes)
-        for module in self.modules():  # the authors' init (reference section 1)
+        for module in self.modules():  # the authors' init
             if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1]
                 fan_out *= module.out_channels
@@ -176,7 +177,7 @@ def copy_generator_to_keras(torch_generator, keras_generator):
 
 def _kl(student_logits, teacher_logits, temperature):
     # F.kl_div with its elementwise 'mean' (their default), as the authors'
-    # divergence() (section 2); spelled out because that default now warns.
+    # divergence(); spelled out because that default now warns.
     return F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.softmax(teacher_logits / temperature, dim=1),

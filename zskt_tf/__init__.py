@@ -1,5 +1,8 @@
 """zskt_tf: zero-shot knowledge transfer by adversarial belief matching (Keras 3).
 
+The method: Micaelli & Storkey, "Zero-shot Knowledge Transfer via Adversarial Belief
+Matching", NeurIPS 2019, arXiv 1905.09768 (ZSKT); docstrings cite its sections.
+
 import zskt_tf
 student = zskt_tf.distill(teacher, student=make_student, input_scale="0,255")
 """

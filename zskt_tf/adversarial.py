@@ -1,4 +1,5 @@
-"""The zero-shot outer iteration (reference sections 2-3): one compiled function that
+"""The zero-shot outer iteration (ZSKT, arXiv 1905.09768, Sec. 3 and Algorithm 1):
+one compiled function that
 takes n_g generator steps and then n_s student steps on the same pseudo batch."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ ADAM_EPSILON = 1e-8
 
 def student_optimizer(config):
     """The student's optimiser: the authors' Adam (adam()), or PyTorch-style SGD
-    with momentum 0.9 as the replay methods use (reference section 10); both clip
+    with momentum 0.9 as the replay methods use (CMI, arXiv 2105.08584; Fast); both clip
     the global-batch gradient to norm grad_clip."""
     if config.student_optimizer == "sgd":
         optimizer = TorchSGD(
@@ -40,7 +41,7 @@ def adam(learning_rate: float, grad_clip: float, mixed_precision: bool):
     """The authors' optimiser: PyTorch's Adam, gradients clipped to norm grad_clip.
 
     global_clipnorm clips after loss-scale unscaling, so the same code is right in
-    float32 and mixed precision (clip by global norm 5, section 3).
+    float32 and mixed precision (clip by global norm 5, the authors' code).
     """
     optimizer = TorchAdam(
         learning_rate=learning_rate, epsilon=ADAM_EPSILON, global_clipnorm=grad_clip
@@ -81,8 +82,8 @@ def with_batchnorm_inputs(teacher) -> tuple[networks.TappedNetwork, list]:
 
 
 class AdversarialGame:
-    """One outer iteration of the zero-shot game, compiled (sections 2-3, and the
-    generator priors of section 9 when their weights are set).
+    """One outer iteration of the zero-shot game, compiled (ZSKT Algorithm 1, and the
+    generator priors of DeepInversion, DAFL, DFQ and Fast when their weights are set).
 
     Call iteration(z, iteration) -> {metric tag: scalar}, with z the global batch's
     noise and the 0-based outer iteration that sets both learning rates. Under a
@@ -146,7 +147,7 @@ class AdversarialGame:
         )
 
     def _priors(self, teacher_out) -> dict:
-        """The generator priors' values on the global batch (section 9)."""
+        """The generator priors' values on the global batch (papers: losses.py)."""
         config, terms = self.config, {}
         sum_over_replicas = distribution.all_reduce_sum
         if config.bn_prior:
@@ -315,7 +316,7 @@ class AdversarialGame:
 
     def _set_learning_rates(self, iteration):
         # Both learning rates follow cosine annealing to 0 over the whole run, stepped
-        # once per outer iteration (section 3), from the checkpointed clock.
+        # once per outer iteration (ZSKT Sec. 4), from the checkpointed clock.
         config = self.config
         for optimizer, base_lr in (
             (self.student_optimizer, config.student_lr),

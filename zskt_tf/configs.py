@@ -70,14 +70,15 @@ def check_architecture(depth: int, width: int) -> int:
     return (depth - 4) // 6
 
 
-# ------------------------------------------------------------------ SGD (section 4)
+# ---------------------------------------------------- SGD (the authors' teacher recipe)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SGDRecipe:
     """SGD momentum 0.9, weight decay 5e-4 (PyTorch L2), lr 0.1, batch 128, lr x0.2
-    at 30/60/80% of the run (section 4). "cosine" (lr to 0) and "onecycle" (linear
-    warm-up to lr over 20% of the run, then linear to 0) are options for short runs."""
+    at 30/60/80% of the run (the authors' code). "cosine" (lr to 0) and "onecycle"
+    (linear warm-up to lr over 20% of the run, then linear to 0) are options for short
+    runs."""
 
     batch_size: int = option(128, "Batch size.")
     lr: float = option(0.1, "Initial learning rate (onecycle: the peak).")
@@ -135,7 +136,7 @@ class RunOptions:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TeacherConfig(RunOptions, SGDRecipe):
-    """Everything that defines a teacher run. Defaults are the authors' (section 4).
+    """Everything that defines a teacher run. Defaults are the authors' code's.
 
     epochs=None means 200 for CIFAR and 100 for SVHN (and other sets).
     """
@@ -178,7 +179,7 @@ class FewShotConfig(RunOptions, SGDRecipe):
     """A student trained on M images per class with the teacher's SGD recipe.
 
     m_per_class=-1 uses all the data. The number of steps equals that of a
-    reference_epochs run on the full training split (section 6), so epochs over the
+    reference_epochs run on the full training split (ZSKT Sec. 4.1), so epochs over the
     subset are scaled up and the lr milestones with them.
     """
 
@@ -222,7 +223,7 @@ class FewShotConfig(RunOptions, SGDRecipe):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GameConfig:
-    """The method's hyper-parameters; every default is the paper's (sections 2-3)."""
+    """The method's hyper-parameters; every default is the paper's (ZSKT Sec. 3-4)."""
 
     generator_steps: int = option(1, "Generator steps per iteration.", flag="n_g")
     student_steps: int = option(
@@ -242,7 +243,8 @@ class GameConfig:
     temperature: float = option(1.0, "Softmax temperature of the KL.")
     grad_clip: float = option(5.0, "Global-norm gradient clipping.")
     jit: bool = option(False, "XLA-compile each step (GPU, TPU).")
-    # Beyond the paper (reference section 9); the defaults are the paper's method.
+    # Beyond the paper (generator objectives of later methods, named on each option);
+    # the defaults are the paper's method.
     adversarial_loss: str = option(
         "kl",
         "Beyond the paper. What the generator maximises and the student minimises: "
@@ -282,7 +284,7 @@ class GameConfig:
         "([0, 1] on the pixel scale, mapped into the teacher's input space) before "
         "either network sees them; the paper's images are unbounded.",
     )
-    # Reuse (reference section 10): a pool of past pseudo images for the student.
+    # Reuse (CMI, Fast): a pool of past pseudo images for the student.
     replay_size: int = option(
         0,
         "Beyond the paper. Keep the last N pseudo images in a replay pool (in the "
@@ -365,7 +367,7 @@ class GameConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DistillConfig(RunOptions, GameConfig):
-    """A zero-shot run. Defaults are the paper's (reference sections 2-3).
+    """A zero-shot run. Defaults are the paper's (ZSKT, arXiv 1905.09768, Sec. 3-4).
 
     The method's fields (steps, learning rates, schedule, beta, ...) come from
     GameConfig. dataset=None takes the teacher's dataset; it is used for evaluation

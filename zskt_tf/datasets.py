@@ -86,7 +86,7 @@ class DatasetInfo:
         return cls(**values)
 
 
-# Normalisation constants. CIFAR-10 and SVHN are the authors' (reference section 3).
+# Normalisation constants. CIFAR-10 and SVHN are the authors' code's.
 # The others are the per-channel mean and std over every pixel of the training split
 # on the [0, 1] scale, before any padding: Fashion-MNIST was measured on the official
 # IDX files (60,000 images: 0.2860, 0.3530); MNIST and CIFAR-100 are the widely used
@@ -110,7 +110,7 @@ REGISTRY = {
         True,
         "cifar100",
     ),
-    # The authors train SVHN teachers without augmentation (reference section 4).
+    # The authors train SVHN teachers without augmentation (the authors' code).
     "svhn": DatasetInfo(
         "svhn",
         DIGITS,
@@ -278,7 +278,7 @@ def load_dataset(
 def few_shot_subset(
     images: np.ndarray, labels: np.ndarray, m_per_class: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draws M images per class, reproducibly from the seed (reference section 6).
+    """Draws M images per class, reproducibly from the seed (ZSKT Sec. 4.1).
 
     Args:
         images, labels: the full training split.

@@ -230,7 +230,7 @@ def distill(
     """Runs one zero-shot run per seed in output_dir/seed_<s>, then summarises.
 
     The paper reports the final accuracy as mean +- population std over seeds 0, 1, 2
-    (section 3). Rerunning the same call resumes whichever seed was interrupted.
+    (ZSKT Table 1). Rerunning the same call resumes whichever seed was interrupted.
     With config.stop_at, every seed runs to stop_at before the call stops.
     strategy: a tf.distribute strategy (default: the current context's).
     teacher, student: models given in Python (see check_inputs); each seed's

@@ -1,5 +1,6 @@
-"""Few-shot baselines (reference section 6): KD+AT with a teacher, "no teacher" cross
-entropy, and fine-tuning a zero-shot student, all on M images per class."""
+"""Few-shot baselines (ZSKT, arXiv 1905.09768, Sec. 4.1, Table 1 and Figure 2):
+KD+AT with a teacher, "no teacher" cross entropy, and fine-tuning a zero-shot
+student, all on M images per class."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import keras
 from zskt_tf import callable_module
 from zskt_tf.wide_resnet import BatchNorm, output_dtype
 
-LEAKY_RELU_SLOPE = 0.2  # reference section 1
+LEAKY_RELU_SLOPE = 0.2  # the authors' generator
 
 
 def _torch_default_init(fan_in: int) -> dict:
@@ -30,7 +30,7 @@ def _torch_default_init(fan_in: int) -> dict:
     )
 
 
-BASE_SIZE = 8  # the paper's generator starts from 8x8 feature maps (section 1)
+BASE_SIZE = 8  # the paper's generator starts from 8x8 feature maps
 
 
 def upsampling_stages(image_shape) -> int:
@@ -45,7 +45,7 @@ def generator(
     name: str = "generator",
     synchronized: bool = False,
 ) -> keras.Model:
-    """Builds the authors' generator (reference section 1), for any image size.
+    """Builds the authors' generator (ZSKT, arXiv 1905.09768, Sec. 4), any image size.
 
     dense(z -> 128 x 8 x 8) -> BN -> [up x2 -> conv3x3 128 -> BN -> LeakyReLU]
     -> [up x2 -> conv3x3 64 -> BN -> LeakyReLU] -> conv3x3 C -> BN (affine): the

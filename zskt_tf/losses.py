@@ -1,5 +1,7 @@
-"""ZSKT losses (reference section 2), the few-shot KD+AT loss (section 6) and the
-generator objectives of later data-free methods (section 9)."""
+"""ZSKT losses (Micaelli & Storkey, NeurIPS 2019, arXiv 1905.09768, Sec. 3: the
+generator's L_G = -D_KL(T(x_p) || S(x_p)) and the student's L_S = D_KL(T(x_p) ||
+S(x_p)) + beta * sum_l of attention differences), the few-shot KD+AT loss of its
+baselines (Sec. 4.1) and the generator objectives of later data-free methods."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def kl_divergence(
 
     The authors call PyTorch's ``kl_div`` with elementwise 'mean' reduction, so the
     value is the per-sample KL divided by the number of classes. That scale sets the
-    balance against the attention term (beta = 250), so it is kept (section 2).
+    balance against the attention term (beta = 250), so it is kept.
     per_example: the (batch,) values before the mean over the batch.
     """
     teacher_logits = at_least_float32(teacher_logits) / temperature
@@ -59,7 +61,7 @@ def attention_loss(
 ) -> tf.Tensor:
     """Mean over batch and positions of the squared attention-map difference.
 
-    The paper writes an L2 norm; the authors' code takes this mean square (section 2).
+    The paper writes an L2 norm; the authors' code takes this mean square.
     """
     difference = attention_map(student_activations) - attention_map(teacher_activations)
     return tf.reduce_mean(tf.square(difference))
@@ -87,7 +89,7 @@ def student_loss(
     beta: float = 250.0,
     temperature: float = 1.0,
 ) -> tf.Tensor:
-    """Zero-shot student loss: KL + beta * sum of attention losses (section 2)."""
+    """Zero-shot student loss L_S: KL + beta * sum of attention losses (ZSKT Sec. 3)."""
     loss = kl_divergence(teacher_logits, student_logits, temperature)
     if beta:
         loss += beta * total_attention_loss(student_taps, teacher_taps)
@@ -97,7 +99,7 @@ def student_loss(
 def generator_loss(
     student_logits: tf.Tensor, teacher_logits: tf.Tensor, temperature: float = 1.0
 ) -> tf.Tensor:
-    """Generator loss: -KL(teacher || student); no attention term (section 2)."""
+    """Generator loss L_G: -KL(teacher || student); no attention term (ZSKT Sec. 3)."""
     return -kl_divergence(teacher_logits, student_logits, temperature)
 
 
@@ -111,10 +113,10 @@ def kd_at_loss(
     temperature: float = 4.0,
     beta: float = 1000.0,
 ) -> tf.Tensor:
-    """Few-shot KD+AT loss (section 6).
+    """Few-shot KD+AT loss (ZSKT Sec. 4.1; Zagoruyko & Komodakis, arXiv 1612.03928).
 
     (1 - alpha) * CE(labels) + 2 * alpha * T^2 * KL_mean(T) + beta * sum of attention
-    losses, with KL_mean the batch-and-class mean of section 2 at temperature T.
+    losses, with KL_mean the batch-and-class mean of kl_divergence at temperature T.
     """
     cross_entropy = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -136,7 +138,7 @@ def logit_l1_distance(
     """Mean absolute difference of the logits (DFAD, Fang et al., 2019).
 
     Unlike the KL, its gradient does not vanish when both networks are saturated on
-    the same class, so the generator keeps a signal (reference section 9).
+    the same class, so the generator keeps a signal.
     per_example: the (batch,) values before the mean over the batch.
     """
     difference = at_least_float32(teacher_logits) - at_least_float32(student_logits)
@@ -155,7 +157,8 @@ def batch_norm_statistics_loss(
     moving_variances: Sequence[tf.Tensor],
     sum_over_replicas: Callable = _identity,
 ) -> tf.Tensor:
-    """DeepInversion's feature regulariser, as used by DFQ, CMI and Fast (section 9).
+    """DeepInversion's feature regulariser, (arXiv 1912.08795),
+    as used by DFQ (arXiv 2005.04136), CMI (arXiv 2105.08584) and Fast.
 
     Sum over BatchNorm layers of ||mu_b - running_mean||_2 + ||var_b - running_var||_2,
     where mu_b and var_b (biased) are the per-channel statistics of the layer's input
@@ -186,7 +189,7 @@ def class_balance_loss(
     teacher_logits: tf.Tensor, sum_over_replicas: Callable = _identity
 ) -> tf.Tensor:
     """Negative entropy of the batch-mean teacher prediction, sum_k p_k log p_k
-    (DAFL's and DFQ's information-entropy term, natural log; section 9).
+    (the information-entropy term of DAFL, arXiv 1904.01186, and DFQ; natural log).
 
     Minimised by the generator, it is lowest (-log K) when the batch covers the K
     classes evenly, so the generator cannot settle on one class. sum_over_replicas

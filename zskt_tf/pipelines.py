@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-CROP_PADDING = 4  # CIFAR-style random crop: pad 4 pixels, crop back (section 4)
+CROP_PADDING = 4  # CIFAR-style random crop: pad 4 pixels, crop back (the authors' code)
 
 
 def normalize(images: tf.Tensor, mean, std) -> tf.Tensor:

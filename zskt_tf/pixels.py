@@ -7,7 +7,7 @@ form zskt_tf's own runs record (the dataset's normalisation), so test images are
 prepared the same way for every teacher (zskt_tf.pipelines.normalize).
 
 The generator ends in a BatchNorm, so its images are standardised per channel
-(section 1 of the paper's design). They are read as pixels of mean `image_mean` and
+(the authors' generator). They are read as pixels of mean `image_mean` and
 std `image_std`, u = image_mean + image_std * g, and mapped into the model's space:
 (u - mean) / std. For a standardising convention image_mean/std are its own
 mean/std, so the map is the identity (the paper's case); for a range they are 0.5

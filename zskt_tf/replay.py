@@ -1,5 +1,5 @@
-"""Reuse of pseudo images (reference section 10): a replay pool and the student steps
-drawn from it, beside the paper's game.
+"""Reuse of pseudo images (as in CMI, arXiv 2105.08584, and Fast): a replay pool and
+the student steps drawn from it, beside the paper's game.
 
 The paper never shows the student a pseudo image twice after its n_s steps on it;
 DeepInversion, CMI and Fast keep every synthesised batch and train the student on

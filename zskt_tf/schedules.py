@@ -18,7 +18,7 @@ def step_decay(
     The authors step at epochs 0.3, 0.6 and 0.8 x epochs (60, 120, 160 of 200). The
     boundaries are placed at the same fractions of the total number of steps, which
     is identical for 200 epochs and keeps short runs sane (at 1 epoch, whole-epoch
-    milestones would all round to 0; section 4).
+    milestones would all round to 0).
     """
     passed = sum(step >= round(fraction * total_steps) for fraction in milestones)
     return base_lr * decay**passed
@@ -43,7 +43,7 @@ def one_cycle(
 
 
 def cosine(base_lr: float, step, total_steps: int):
-    """PyTorch CosineAnnealingLR with eta_min 0: lr at 0-based step (section 3).
+    """PyTorch CosineAnnealingLR with eta_min 0: lr at 0-based step (ZSKT Sec. 4).
 
     Works on Python numbers and on tensors (inside a compiled step). Tensors are
     computed in float64, as PyTorch does in Python floats: in float32, 1 + cos(.)

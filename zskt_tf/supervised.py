@@ -1,5 +1,5 @@
-"""The authors' SGD training loop (reference section 4), shared by teacher training and
-the few-shot baselines: resumable, logged, evaluated every N steps."""
+"""The authors' SGD training loop (their code's teacher recipe), shared by teacher
+training and the few-shot baselines: resumable, logged, evaluated every N steps."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def make_train_step(model, optimizer, jit: bool, loss_fn=cross_entropy, strategy
 def sgd_optimizer(recipe: SGDRecipe, model, mixed_precision: bool):
     """The authors' SGD: PyTorch's momentum buffer (Keras' own SGD would keep an
     lr-scaled velocity that lags behind every lr drop of the step schedule) and
-    PyTorch's weight decay, L2 added to the gradient of every parameter (section
-    4). Build it in the strategy's scope when distributing."""
+    PyTorch's weight decay, L2 added to the gradient of every parameter.
+    Build it in the strategy's scope when distributing."""
     optimizer = TorchSGD(
         learning_rate=recipe.lr,
         momentum=recipe.momentum,

@@ -1,4 +1,4 @@
-"""Teacher training with the authors' recipe (reference section 4), resumable."""
+"""Teacher training with the authors' recipe (their code's recipe), resumable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Transition curves and mean transition error (reference section 7, paper Figure 4).
+"""Transition curves and mean transition error (ZSKT, arXiv 1905.09768,
+Sec. 4.4, "Measuring belief match near decision boundaries", and Figure 4).
 
 An attacked net A is pushed by plain gradient steps towards each other class j; the
 curves follow p_j under A and under an observed net B. Nets that match each other's

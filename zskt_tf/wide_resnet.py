@@ -11,7 +11,7 @@ from zskt_tf.configs import check_architecture  # noqa: F401 (re-exported)
 from zskt_tf.errors import UserError
 
 # PyTorch BatchNorm2d defaults (eps 1e-5, running-stat momentum 0.1, which is Keras
-# momentum 0.9): the authors' networks were trained with these (reference section 1).
+# momentum 0.9): the authors' networks were trained with these.
 BatchNorm = functools.partial(
     keras.layers.BatchNormalization, epsilon=1e-5, momentum=0.9
 )
@@ -32,7 +32,7 @@ def conv_init() -> keras.initializers.Initializer:
 
 def dense_init() -> keras.initializers.Initializer:
     """PyTorch's default nn.Linear weight init, uniform(+-1/sqrt(fan_in)); the
-    authors only zero the bias (reference section 1)."""
+    authors only zero the bias."""
     return keras.initializers.VarianceScaling(
         scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
     )
@@ -101,7 +101,7 @@ def wide_resnet(
     name: str | None = None,
     synchronized: bool = False,
 ) -> keras.Model:
-    """Builds WRN-depth-width (reference section 1).
+    """Builds WRN-depth-width (Zagoruyko & Komodakis, arXiv 1605.07146; ZSKT Sec. 4).
 
     Args:
         depth: total depth d = 6n + 4.
@@ -150,7 +150,7 @@ def wide_resnet(
 
 
 def check_taps_match(teacher: keras.Model, student: keras.Model) -> None:
-    """Attention transfer needs the same taps with equal spatial sizes (section 2).
+    """Attention transfer needs the same taps with equal spatial sizes (ZSKT Sec. 3).
 
     Raises:
         UserError: naming both networks' taps.

@@ -1,5 +1,6 @@
 """The zero-shot trainer on the shared run loop: networks, optimisers, noise, the
-compiled game, evaluation and the run's pictures (reference sections 2-3)."""
+compiled game, evaluation and the run's pictures (ZSKT, arXiv 1905.09768,
+Sec. 3 and Algorithm 1)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from zskt_tf.training import mixed_precision_scope
 
 # A window's mean KL(teacher || student) on the generator's batches below this is
 # "near 0": the generator no longer finds disagreement and the adversarial game has
-# collapsed. In the paper's method the generator loss is exactly -KL (section 3: a
+# collapsed. In the paper's method the generator loss is exactly -KL (ZSKT Sec. 3; a
 # healthy run of the authors' sits at -0.10 to -0.12, collapsed runs here at -0.0001
 # to -0.001); with other objectives the KL still measures the disagreement.
 COLLAPSED_KL = 0.005
