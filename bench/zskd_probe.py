@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from zskt_tf import sources
+
 flags.DEFINE_string("teacher", None, ".keras teacher ending in logits, [0, 1] inputs.")
 flags.DEFINE_string("student", None, ".keras student architecture (fresh weights).")
 flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (test set only).")
@@ -92,21 +94,10 @@ def synthesise(teacher, targets, rng) -> np.ndarray:
 
 
 def load_test(data_dir):
-    import gzip
-
-    def idx(path):
-        with gzip.open(path) as file:
-            data = file.read()
-        dims = data[3]
-        shape = [
-            int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)
-        ]
-        return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-    root = pathlib.Path(data_dir)
-    images = idx(root / "t10k-images-idx3-ubyte.gz")
-    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None] / 255.0
-    return images.astype("float32"), idx(root / "t10k-labels-idx1-ubyte.gz")
+    """The Fashion-MNIST test set, zero-padded to 32x32x1, pixels in [0, 1]."""
+    arrays = sources.load_local(data_dir)
+    images = np.pad(arrays.test_images, ((0, 0), (2, 2), (2, 2), (0, 0))) / 255.0
+    return images.astype("float32"), arrays.test_labels
 
 
 def main(argv):
