@@ -27,9 +27,9 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from zskt_tf import sources
+from zskt_tf import cli, sources
 
 flags.DEFINE_string("teacher", None, ".keras teacher ending in logits, [0, 1] inputs.")
 flags.DEFINE_string("student", None, ".keras student architecture (fresh weights).")
@@ -194,4 +194,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
