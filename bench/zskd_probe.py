@@ -33,7 +33,7 @@ from zskt_tf import cli, sources
 
 flags.DEFINE_string("teacher", None, ".keras teacher ending in logits, [0, 1] inputs.")
 flags.DEFINE_string("student", None, ".keras student architecture (fresh weights).")
-flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (test set only).")
+flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (its test set is evaluated).")
 flags.DEFINE_string("output_dir", "runs/fmnist/zskd", "Where results go.")
 flags.DEFINE_integer("impressions", 24_000, "Data impressions in all.")
 flags.DEFINE_integer("synthesis_steps", 300, "Adam steps per impression batch.")
@@ -45,6 +45,11 @@ flags.DEFINE_float("student_lr", 1e-3, "Student Adam learning rate (cosine to 0)
 flags.DEFINE_integer("seed", 0, "Seed of the impressions and of the student.")
 for name in ("teacher", "student", "data_dir"):
     flags.mark_flag_as_required(name)
+flags.register_validator(
+    "impressions",
+    lambda n: n >= 128,
+    "--impressions must be at least 128 (one student batch; the default is 24,000)",
+)
 FLAGS = flags.FLAGS
 
 
