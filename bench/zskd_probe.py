@@ -33,7 +33,7 @@ from zskt_tf import cli, sources
 
 flags.DEFINE_string("teacher", None, ".keras teacher ending in logits, [0, 1] inputs.")
 flags.DEFINE_string("student", None, ".keras student architecture (fresh weights).")
-flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (its test set is evaluated).")
+flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX folder (test set evaluated).")
 flags.DEFINE_string("output_dir", "runs/fmnist/zskd", "Where results go.")
 flags.DEFINE_integer("impressions", 24_000, "Data impressions in all.")
 flags.DEFINE_integer("synthesis_steps", 300, "Adam steps per impression batch.")
