@@ -89,13 +89,26 @@ def command(teacher, config_label, extra, seed, output) -> list[str]:
     ]
 
 
-def finished(directory: pathlib.Path, config_label: str) -> bool:
+def stop_of(config_label: str, extra: str) -> int | None:
+    """The --stop_at of a configuration's runs (the budget for paper80k), or None."""
+    if config_label == PAPER:
+        return FLAGS.budget_iterations
+    for word in shlex.split(extra.replace("{budget}", str(FLAGS.budget_iterations))):
+        if word.startswith("--stop_at="):
+            return int(word.partition("=")[2])
+    return None
+
+
+def finished(directory: pathlib.Path, config_label: str, extra: str = "") -> bool:
+    """A run is finished when its schedule completed (results.json) or it reached
+    its --stop_at."""
     if (directory / "results.json").is_file():
         return True
     history = directory / "history.json"
-    if config_label == PAPER and history.is_file():
+    stop = stop_of(config_label, extra)
+    if stop is not None and history.is_file():
         entries = json.loads(history.read_text())
-        return entries[-1]["iteration"] >= FLAGS.budget_iterations
+        return entries[-1]["iteration"] >= stop
     return False
 
 
@@ -107,7 +120,7 @@ def launch_all(teachers, configs) -> None:
         for seed in FLAGS.seeds
         for teacher_label, teacher in teachers
         for config_label, extra in configs
-        if not finished(run_dir(teacher_label, config_label, seed), config_label)
+        if not finished(run_dir(teacher_label, config_label, seed), config_label, extra)
     ]
     running = []
     env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
@@ -129,7 +142,7 @@ def launch_all(teachers, configs) -> None:
                 continue
             handle.close()
             running.remove(entry)
-            # 130: stopped at --stop_at (the paper80k runs), checkpoint saved.
+            # 130: stopped at --stop_at (paper80k, or a config's own), checkpoint saved.
             if process.returncode not in (0, 130):
                 print(f"failed with status {process.returncode}; see {log}")
 
