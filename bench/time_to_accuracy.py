@@ -70,12 +70,16 @@ def run_dir(teacher_label, config_label, seed) -> pathlib.Path:
     )
 
 
+def config_flags(config_label: str, extra: str) -> list[str]:
+    """The zskt-tf-distill flags of a configuration, {budget} filled in."""
+    budget = FLAGS.budget_iterations
+    if config_label == PAPER:
+        return ["--total_iterations=80000", f"--stop_at={budget}"]
+    return shlex.split(extra.replace("{budget}", str(budget)))
+
+
 def command(teacher, config_label, extra, seed, output) -> list[str]:
     """The zskt-tf-distill command of one run; output is <teacher>/<config>."""
-    budget = FLAGS.budget_iterations
-    flags_of_config = extra.replace("{budget}", str(budget))
-    if config_label == PAPER:
-        flags_of_config = f"--total_iterations=80000 --stop_at={budget}"
     return [
         sys.executable,
         str(pathlib.Path(__file__).resolve().parents[1] / "bin" / "zskt-tf-distill"),
@@ -85,21 +89,19 @@ def command(teacher, config_label, extra, seed, output) -> list[str]:
         f"--eval_every={FLAGS.eval_every}",
         f"--seeds={seed}",
         f"--output_dir={output}",
-        *shlex.split(flags_of_config),
+        *config_flags(config_label, extra),
     ]
 
 
 def stop_of(config_label: str, extra: str) -> int | None:
-    """The --stop_at of a configuration's runs (the budget for paper80k), or None."""
-    if config_label == PAPER:
-        return FLAGS.budget_iterations
-    for word in shlex.split(extra.replace("{budget}", str(FLAGS.budget_iterations))):
+    """The --stop_at of a configuration's runs, or None."""
+    for word in config_flags(config_label, extra):
         if word.startswith("--stop_at="):
             return int(word.partition("=")[2])
     return None
 
 
-def finished(directory: pathlib.Path, config_label: str, extra: str = "") -> bool:
+def finished(directory: pathlib.Path, config_label: str, extra: str) -> bool:
     """A run is finished when its schedule completed (results.json) or it reached
     its --stop_at."""
     if (directory / "results.json").is_file():
