@@ -315,8 +315,12 @@ def test_presets_name_settings_that_exist_and_validate(tiny, tmp_path):
     assert "--n_s=2 (paper: 10)" in described and "--bn_prior=10.0" in described
     # Given with the run's config, it shows what the run uses, not the preset's.
     resumed = _config(
-        tiny, tmp_path / "r4", **(configs.preset("budget") | {"replay_steps": 4})
+        tiny,
+        tmp_path / "r4",
+        **(configs.preset("budget") | {"replay_steps": 4, "replay_temperature": 4.0}),
     )
     described = configs.preset_description("budget", resumed)
     assert "--replay_steps=4 (paper: 0, given over the preset's 10)" in described
     assert "--n_s=2 (paper: 10)," in described
+    # A method setting outside the preset, given by the user, is named too.
+    assert described.endswith(", --replay_temperature=4.0 (paper: 1.0, given)")

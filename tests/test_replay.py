@@ -126,3 +126,44 @@ def test_class_prior_mask_and_weight_against_numpy(tiny):
     assert float(values["train/generator_loss"]) == pytest.approx(
         -1.3 * masked + 0.7 * cross_entropy, rel=1e-4, abs=1e-7
     )
+
+
+def test_replay_temperature_scales_only_the_pool_steps_kl(tiny):
+    _, _, teacher_dir = tiny
+    frozen = model_io.load_teacher(teacher_dir)
+    student = wide_resnet(10, 1, 3, (16, 16, 3))
+    gen = build_generator(16, (16, 16, 3))
+    optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
+    optimizers[0].build(student.trainable_variables)
+    optimizers[1].build(gen.trainable_variables)
+    config = adversarial.GameConfig(
+        student_steps=1, replay_size=16, replay_steps=2, replay_temperature=4.0
+    )
+    pool = replay.ReplayPool(16, (16, 16, 3))
+    game = replay.ReplayGame(frozen, student, gen, *optimizers, config, pool=pool)
+    # T^2 x KL at temperature T, against NumPy, on the student before its update.
+    images = gen(tf.random.normal((8, 16)), training=True)
+    targets, taps = game.teacher_targets(images)
+    logits = _clone(student)(images, training=True)["logits"].numpy()
+    loss, kl, attention = game.student_step(images, targets, taps, 4.0)
+    lt = log_softmax(targets.numpy().astype(np.float64) / 4, axis=1)
+    ls = log_softmax(logits.astype(np.float64) / 4, axis=1)
+    expected_kl = (np.exp(lt) * (lt - ls)).mean()
+    assert float(kl) == pytest.approx(expected_kl, rel=1e-4)
+    assert float(loss) == pytest.approx(
+        16 * expected_kl + 250 * float(attention), rel=1e-4
+    )
+    # In the iteration, the step on the new batch keeps the paper's KL (None); the
+    # steps on pool batches get the replay temperature.
+    seen = []
+    step = game._student_step
+
+    def recording(*args):
+        seen.append(args[3] if len(args) > 3 else None)
+        return step(*args)
+
+    game._student_step = recording
+    values = game.iteration(tf.random.normal((8, 16)), tf.constant(0, tf.int64))
+    assert seen == [None, 4.0] and np.isfinite(float(values["train/replay_kl"]))
+    with pytest.raises(UserError, match="replay_temperature"):
+        tiny_distill_config(tiny, "unused", replay_temperature=0.0).validate()

@@ -288,16 +288,23 @@ class AdversarialGame:
         taps = [tf.stop_gradient(teacher_out[key]) for key in self.teacher_keys]
         return tf.stop_gradient(teacher_out["logits"]), taps
 
-    def student_step(self, pseudo, teacher_logits, teacher_taps):
+    def student_step(self, pseudo, teacher_logits, teacher_taps, temperature=None):
         """One student update (replica context); returns the global-batch parts of
-        (loss, KL, attention)."""
+        (loss, KL, attention). temperature: None for the game's KL (the paper's),
+        or T for T^2 x KL at temperature T (the replay steps' option)."""
         variables = self.student.trainable_variables
         share = distribution.replica_share(tf.shape(pseudo)[0])
         with tf.GradientTape() as tape:
             student_out = self.student(pseudo, training=True)
             logits = student_out["logits"]
-            kl = losses.kl_divergence(teacher_logits, logits, self.config.temperature)
-            discrepancy = kl
+            if temperature is None:
+                kl = losses.kl_divergence(
+                    teacher_logits, logits, self.config.temperature
+                )
+                discrepancy = kl
+            else:
+                kl = losses.kl_divergence(teacher_logits, logits, temperature)
+                discrepancy = kl * temperature**2
             if self.config.adversarial_loss != "kl":
                 discrepancy = self._discrepancy(teacher_logits, logits)
             attention = (

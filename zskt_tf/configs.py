@@ -296,6 +296,12 @@ class GameConfig:
         "teacher's outputs on the augmented batch), after the --n_s steps on the "
         "new batch.",
     )
+    replay_temperature: float = option(
+        1.0,
+        "Softmax temperature of the student's KL on replay batches, the loss scaled "
+        "by its square (Hinton et al.; the replay methods use 20); 1 = the KL of "
+        "the student's other steps.",
+    )
     student_optimizer: str = option(
         "adam",
         "adam (the paper's) or sgd (momentum 0.9, as the replay methods use); "
@@ -327,6 +333,7 @@ class GameConfig:
             "student_lr",
             "generator_lr",
             "temperature",
+            "replay_temperature",
             "grad_clip",
         ):
             positive(name, getattr(self, name))
@@ -481,7 +488,8 @@ def preset_description(name: str | None, config: DistillConfig | None = None) ->
     """One line: which settings of the preset differ from the paper's.
 
     With the run's config, each value is the one the run uses: a setting given
-    explicitly over the preset's is shown with the preset's value beside it.
+    explicitly over the preset's is shown with the preset's value beside it, and
+    the method's other settings given away from the paper's follow.
     """
     values = preset(name)
     if not values:
@@ -495,4 +503,11 @@ def preset_description(name: str | None, config: DistillConfig | None = None) ->
             f"--{defaults[key].metadata['flag'] or key}={used} "
             f"(paper: {defaults[key].default}{given})"
         )
+    for field in dataclasses.fields(GameConfig) if config is not None else ():
+        used = getattr(config, field.name)
+        if field.name not in values and used != field.default:
+            changes.append(
+                f"--{field.metadata['flag'] or field.name}={used} "
+                f"(paper: {field.default}, given)"
+            )
     return f"preset {name}, differs from the paper's settings in: {', '.join(changes)}"

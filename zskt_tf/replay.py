@@ -105,6 +105,8 @@ class ReplayGame(AdversarialGame):
         # (which also uses [key + 3, step + 1]); keys are multiples of 4, so no two
         # draws of the run share a seed.
         key = (self.seed * 1_000_003 + iteration) * 4
+        temperature = self.config.replay_temperature
+        temperature = None if temperature == 1.0 else temperature
         for step in tf.range(self.config.replay_steps, dtype=tf.int64):
             images = self.pool.sample(batch_size, tf.stack([key, step]))
             images = pipelines.augment_batch(
@@ -112,6 +114,8 @@ class ReplayGame(AdversarialGame):
             )
             images = distribution.split_global_batch(strategy, images)
             targets, taps = strategy.run(self.teacher_targets, args=(images,))
-            per_replica = strategy.run(self._student_step, args=(images, targets, taps))
+            per_replica = strategy.run(
+                self._student_step, args=(images, targets, taps, temperature)
+            )
             loss, kl, _ = distribution.global_sum(per_replica, strategy)
         return {"train/replay_loss": loss, "train/replay_kl": kl}
