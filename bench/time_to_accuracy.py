@@ -94,11 +94,23 @@ def command(teacher, config_label, extra, seed, output) -> list[str]:
 
 
 def stop_of(config_label: str, extra: str) -> int | None:
-    """The --stop_at of a configuration's runs, or None."""
-    for word in config_flags(config_label, extra):
+    """The --stop_at of a configuration's runs (--stop_at=N or --stop_at N; the
+    last one given, as absl reads them), or None."""
+    words, stop = config_flags(config_label, extra), None
+    for index, word in enumerate(words):
         if word.startswith("--stop_at="):
-            return int(word.partition("=")[2])
-    return None
+            stop = word.partition("=")[2]
+        elif word == "--stop_at" and index + 1 < len(words):
+            stop = words[index + 1]
+    if stop is None:
+        return None
+    try:
+        return int(stop)
+    except ValueError:
+        raise SystemExit(
+            f"error: configuration {config_label!r} has --stop_at={stop}; give a "
+            "whole number of iterations"
+        ) from None
 
 
 def finished(directory: pathlib.Path, config_label: str, extra: str) -> bool:
