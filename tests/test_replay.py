@@ -10,7 +10,7 @@ import tensorflow as tf
 from scipy.special import log_softmax
 
 from tests.helpers import tiny_distill_config, tiny_teacher, weights_arrays
-from tests.test_adversarial import _clone
+from tests.test_adversarial import _clone, _networks
 from zskt_tf import adversarial, checkpoints, distill, model_io, replay
 from zskt_tf.errors import UserError
 from zskt_tf.generator import generator as build_generator
@@ -129,13 +129,7 @@ def test_class_prior_mask_and_weight_against_numpy(tiny):
 
 
 def test_replay_temperature_scales_only_the_pool_steps_kl(tiny):
-    _, _, teacher_dir = tiny
-    frozen = model_io.load_teacher(teacher_dir)
-    student = wide_resnet(10, 1, 3, (16, 16, 3))
-    gen = build_generator(16, (16, 16, 3))
-    optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
-    optimizers[0].build(student.trainable_variables)
-    optimizers[1].build(gen.trainable_variables)
+    frozen, student, gen, optimizers = _networks(tiny[2])
     config = adversarial.GameConfig(
         student_steps=1, replay_size=16, replay_steps=2, replay_temperature=4.0
     )
