@@ -494,20 +494,19 @@ def preset_description(name: str | None, config: DistillConfig | None = None) ->
     values = preset(name)
     if not values:
         return "preset paper: every setting the paper's"
+
+    def flag(field, used, note):
+        name = field.metadata["flag"] or field.name
+        return f"--{name}={used} (paper: {field.default}{note})"
+
     defaults = {f.name: f for f in dataclasses.fields(DistillConfig)}
     changes = []
     for key, value in values.items():
         used = value if config is None else getattr(config, key)
         given = "" if used == value else f", given over the preset's {value}"
-        changes.append(
-            f"--{defaults[key].metadata['flag'] or key}={used} "
-            f"(paper: {defaults[key].default}{given})"
-        )
+        changes.append(flag(defaults[key], used, given))
     for field in dataclasses.fields(GameConfig) if config is not None else ():
         used = getattr(config, field.name)
         if field.name not in values and used != field.default:
-            changes.append(
-                f"--{field.metadata['flag'] or field.name}={used} "
-                f"(paper: {field.default}, given)"
-            )
+            changes.append(flag(field, used, ", given"))
     return f"preset {name}, differs from the paper's settings in: {', '.join(changes)}"
