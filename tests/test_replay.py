@@ -161,3 +161,12 @@ def test_replay_temperature_scales_only_the_pool_steps_kl(tiny):
     assert seen == [None, 4.0] and np.isfinite(float(values["train/replay_kl"]))
     with pytest.raises(UserError, match="replay_temperature"):
         tiny_distill_config(tiny, "unused", replay_temperature=0.0).validate()
+    # Where it would do nothing, it is refused rather than ignored.
+    for settings in (
+        {},
+        {"replay_size": 16, "replay_steps": 2, "adversarial_loss": "l1"},
+    ):
+        with pytest.raises(UserError, match="applies to the student's KL on replay"):
+            tiny_distill_config(
+                tiny, "unused", replay_temperature=4.0, **settings
+            ).validate()

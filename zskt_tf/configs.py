@@ -442,6 +442,13 @@ class DistillConfig(RunOptions, GameConfig):
                 f"replay_size ({self.replay_size}) must hold at least one batch "
                 f"({self.batch_size})"
             )
+        if self.replay_temperature != 1.0 and (
+            not self.replay_size or self.adversarial_loss != "kl"
+        ):
+            raise UserError(
+                "--replay_temperature applies to the student's KL on replay batches "
+                "only: give --replay_size and --replay_steps, and --adversarial_loss=kl"
+            )
         if self.student_weight_decay and self.student_optimizer != "sgd":
             raise UserError(
                 "--student_weight_decay applies to --student_optimizer=sgd only"
