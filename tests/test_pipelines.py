@@ -86,3 +86,41 @@ def test_train_dataset_shuffles_by_seed_and_resumes_mid_epoch():
         images, labels, INFO, 16, seed=0, epoch=3, end_batch=99
     )
     assert len(list(past_the_end)) == 4
+
+
+def test_mix_batch_blends_or_pastes_a_box_from_the_neighbour():
+    rng = np.random.default_rng(1)
+    images = tf.constant(rng.normal(size=(256, 16, 12, 3)), tf.float32)
+    x = images.numpy().astype(np.float64)
+    partner = np.roll(x, 1, axis=0)
+    seed = tf.constant([3, 4], tf.int64)
+    mixed = pipelines.mix_batch(images, seed, "mixup").numpy()
+    # mixup: each output is lam x image + (1 - lam) x the previous image, one lam
+    # per image, uniform on [0, 1].
+    lam = ((mixed - partner) * (x - partner)).sum((1, 2, 3)) / ((x - partner) ** 2).sum(
+        (1, 2, 3)
+    )
+    expected = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * partner
+    np.testing.assert_allclose(mixed, expected, atol=1e-5)
+    assert lam.min() >= 0 and lam.max() <= 1 and 0.4 < lam.mean() < 0.6
+    np.testing.assert_array_equal(
+        mixed, pipelines.mix_batch(images, seed, "mixup").numpy()
+    )
+    # cutmix: every pixel is the image's or the partner's, all channels alike, and
+    # the partner's pixels form one axis-aligned box (clipped at the border).
+    cut = pipelines.mix_batch(images, seed, "cutmix").numpy()
+    from_partner = cut == partner
+    assert np.all(from_partner | (cut == x))
+    box = from_partner.all(-1)
+    assert np.array_equal(box, from_partner.any(-1))
+    for mask in box:
+        rows, cols = mask.any(1), mask.any(0)
+        assert np.array_equal(mask, rows[:, None] & cols[None, :])
+        for line in (rows, cols):
+            if line.any():
+                where = np.flatnonzero(line)
+                assert where[-1] - where[0] + 1 == len(where)  # contiguous
+    # The box covers (1 - lam) of the image before clipping: a mean share of at most
+    # 1/2, about 1/3 after clipping at the border.
+    share = box.mean((1, 2))
+    assert 0.2 < share.mean() < 0.5 and share.max() > 0.6

@@ -170,3 +170,38 @@ def test_replay_temperature_scales_only_the_pool_steps_kl(tiny):
             tiny_distill_config(
                 tiny, "unused", replay_temperature=4.0, **settings
             ).validate()
+
+
+def test_replay_mix_mixes_each_pool_batch_and_needs_a_pool(tiny, monkeypatch):
+    frozen, student, gen, optimizers = _networks(tiny[2])
+    config = adversarial.GameConfig(
+        student_steps=1, replay_size=16, replay_steps=2, replay_mix="cutmix"
+    )
+    pool = replay.ReplayPool(16, (16, 16, 3))
+    game = replay.ReplayGame(frozen, student, gen, *optimizers, config, pool=pool)
+    calls = []
+    seen = tf.Variable(tf.zeros((8, 16, 16, 3)))
+
+    def marking(images, seed, mode):
+        calls.append(mode)
+        return tf.fill(tf.shape(images), 7.0)
+
+    targets = game.teacher_targets
+
+    def teacher(images):
+        seen.assign(images)
+        return targets(images)
+
+    monkeypatch.setattr(replay.pipelines, "mix_batch", marking)
+    game.teacher_targets = teacher
+    values = game.iteration(tf.random.normal((8, 16)), tf.constant(0, tf.int64))
+    # Traced once for the loop over pool steps: one mix, and the batch the teacher
+    # labels last (on the last pool step) is what the mix returned.
+    assert calls == ["cutmix"] and np.isfinite(float(values["train/replay_kl"]))
+    np.testing.assert_array_equal(seen.numpy(), 7.0)
+    with pytest.raises(UserError, match="--replay_mix=mixup mixes replay batches"):
+        tiny_distill_config(tiny, "unused", replay_mix="mixup").validate()
+    with pytest.raises(UserError, match="replay_mix must be one of"):
+        tiny_distill_config(
+            tiny, "unused", replay_size=16, replay_steps=1, replay_mix="blend"
+        ).validate()

@@ -16,6 +16,7 @@ from zskt_tf.errors import UserError
 LR_SCHEDULES = ("step", "cosine", "onecycle")
 ADVERSARIAL_LOSSES = ("kl", "l1")
 STUDENT_OPTIMIZERS = ("adam", "sgd")
+REPLAY_MIXES = ("none", "mixup", "cutmix")
 # Every run logs these; the priors and the replay pool add their own
 # (GameConfig.metric_tags).
 METRICS = (
@@ -302,6 +303,14 @@ class GameConfig:
         "by its square (Hinton et al.; the replay methods use 20); 1 = the KL of "
         "the student's other steps.",
     )
+    replay_mix: str = option(
+        "none",
+        "Mix each replay batch with a shuffled copy of itself before the teacher "
+        "labels it: mixup (a per-image blend, weight ~ U(0, 1)) or cutmix (a box of "
+        "a U(0, 1) share of the area pasted from the partner); the student matches "
+        "the teacher on the mixed images (function matching, arXiv 2106.05237).",
+        choices=REPLAY_MIXES,
+    )
     student_optimizer: str = option(
         "adam",
         "adam (the paper's) or sgd (momentum 0.9, as the replay methods use); "
@@ -352,6 +361,7 @@ class GameConfig:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
         check_choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)
+        check_choice("replay_mix", self.replay_mix, REPLAY_MIXES)
         if bool(self.replay_size) != bool(self.replay_steps):
             raise UserError(
                 "replay needs both --replay_size (images kept) and --replay_steps "
@@ -448,6 +458,11 @@ class DistillConfig(RunOptions, GameConfig):
             raise UserError(
                 "--replay_temperature applies to the student's KL on replay batches "
                 "only: give --replay_size and --replay_steps, and --adversarial_loss=kl"
+            )
+        if self.replay_mix != "none" and not self.replay_size:
+            raise UserError(
+                f"--replay_mix={self.replay_mix} mixes replay batches: give "
+                "--replay_size and --replay_steps too"
             )
         if self.student_weight_decay and self.student_optimizer != "sgd":
             raise UserError(

@@ -42,6 +42,38 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, flip: bool = True) -> tf.T
     return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
 
+def mix_batch(images: tf.Tensor, seed: tf.Tensor, mode: str) -> tf.Tensor:
+    """Mixes each image with its neighbour in the batch (the batch rolled by one),
+    for batches whose order is already random (draws from the replay pool).
+
+    mixup: lam x image + (1 - lam) x partner. cutmix: a box covering a (1 - lam)
+    share of the image (its sides sqrt(1 - lam) of the image's, centred uniformly,
+    clipped at the border as in the CutMix paper) is taken from the partner. One lam
+    ~ U(0, 1) per image (Beta(1, 1)); stateless, a pure function of the seed.
+
+    Args:
+        images: (B, H, W, C) float images.
+        seed: shape-[2] int seed.
+        mode: "mixup" or "cutmix".
+    """
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    partner = tf.roll(images, shift=1, axis=0)
+    draws = tf.random.stateless_uniform([batch, 3], seed=seed, dtype=images.dtype)
+    lam = draws[:, 0, None, None, None]
+    if mode == "mixup":
+        return lam * images + (1 - lam) * partner
+    side = tf.sqrt(1 - lam)
+    rows = tf.range(height, dtype=images.dtype)[None, :, None, None] + 0.5
+    cols = tf.range(width, dtype=images.dtype)[None, None, :, None] + 0.5
+    centre_row = draws[:, 1, None, None, None] * height
+    centre_col = draws[:, 2, None, None, None] * width
+    inside = (tf.abs(rows - centre_row) < side * height / 2) & (
+        tf.abs(cols - centre_col) < side * width / 2
+    )
+    return tf.where(inside, partner, images)
+
+
 def eval_dataset(images: np.ndarray, labels: np.ndarray, info, batch_size: int = 500):
     """Normalised (images, labels) batches in order, for evaluation."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)

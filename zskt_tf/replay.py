@@ -6,7 +6,8 @@ DeepInversion, CMI and Fast keep every synthesised batch and train the student o
 random batches of the whole pool, with crop + flip augmentation and the teacher's
 outputs on the augmented batch. ReplayGame does that after each iteration's paper
 steps: the new batch joins the pool, then `replay_steps` student steps on pool
-batches. The pool is a variable, so it is checkpointed and a resumed run draws the
+batches (optionally mixed, --replay_mix: mixup or cutmix of each batch with itself
+shuffled, the teacher's outputs on the mixed images). The pool is a variable, so it is checkpointed and a resumed run draws the
 same batches (stateless sampling keyed by seed, iteration and step).
 
 Under tf.distribute the pool is replicated: every replica holds all of it (written
@@ -101,9 +102,9 @@ class ReplayGame(AdversarialGame):
         batch = distribution.gather(strategy, pseudo)
         self.pool.add(batch)
         loss = kl = tf.zeros([], dtype)
-        # Seeds [key, step] for the draw and [key + 2, step] for the augmentation
-        # (which also uses [key + 3, step + 1]); keys are multiples of 4, so no two
-        # draws of the run share a seed.
+        # Seeds [key, step] for the draw, [key + 1, step] for the mix and
+        # [key + 2, step] for the augmentation (which also uses [key + 3, step + 1]);
+        # keys are multiples of 4, so no two draws of the run share a seed.
         key = (self.seed * 1_000_003 + iteration) * 4
         temperature = self.config.replay_temperature
         temperature = None if temperature == 1.0 else temperature
@@ -112,6 +113,10 @@ class ReplayGame(AdversarialGame):
             images = pipelines.augment_batch(
                 tf.cast(images, batch.dtype), tf.stack([key + 2, step])
             )
+            if self.config.replay_mix != "none":
+                images = pipelines.mix_batch(
+                    images, tf.stack([key + 1, step]), self.config.replay_mix
+                )
             images = distribution.split_global_batch(strategy, images)
             targets, taps = strategy.run(self.teacher_targets, args=(images,))
             per_replica = strategy.run(
