@@ -7,8 +7,9 @@ random batches of the whole pool, with crop + flip augmentation and the teacher'
 outputs on the augmented batch. ReplayGame does that after each iteration's paper
 steps: the new batch joins the pool, then `replay_steps` student steps on pool
 batches (optionally mixed, --replay_mix: mixup or cutmix of each batch with itself
-shuffled, the teacher's outputs on the mixed images). The pool is a variable, so it is checkpointed and a resumed run draws the
-same batches (stateless sampling keyed by seed, iteration and step).
+shuffled, the teacher's outputs on the mixed images). The pool is a variable, so it
+is checkpointed and a resumed run draws the same batches (stateless sampling keyed
+by seed, iteration and step).
 
 Under tf.distribute the pool is replicated: every replica holds all of it (written
 with the gathered global batch), the global replay batch is drawn once and split
