@@ -165,8 +165,8 @@ def multi_worker(index: str, ports: str) -> dict:
 
 # Every option beyond the paper at once: the priors, the l1 objective, the
 # class-conditional generator with its masked adversarial term, and a replay pool
-# (replicated: each replica holds all of it; the replay batch is drawn once for the
-# global batch and split like a training batch).
+# (replicated: each replica holds all of it; the replay batch is drawn, augmented and
+# cutmixed once for the global batch and split like a training batch).
 BEYOND = {
     "bn_prior": 0.5,
     "balance_prior": 2.0,
@@ -175,6 +175,7 @@ BEYOND = {
     "adversarial_mask": True,
     "replay_size": 40,
     "replay_steps": 2,
+    "replay_mix": "cutmix",
 }
 
 

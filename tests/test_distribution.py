@@ -47,7 +47,8 @@ def games():
 @pytest.mark.parametrize("options", ["paper", "beyond"])
 def test_zero_shot_iterations_on_two_replicas_equal_one_device(games, options):
     # "beyond": the BN and balance priors, the l1 objective, the class-conditional
-    # generator with the masked term and a replicated replay pool, all at once.
+    # generator with the masked term and a replicated, cutmixed replay pool, all at
+    # once.
     single, mirrored = games[options]["single"], games[options]["mirrored"]
     # The bounds are 1e-5 and 1e-4; in float64 they agree far closer.
     _assert_same_run(single, mirrored, loss_rtol=1e-9, weight_atol=1e-8)
