@@ -57,6 +57,7 @@ def test_a_replay_run_resumes_exactly(tiny, tmp_path):
         checkpoint_every=1,
         replay_size=20,
         replay_steps=2,
+        replay_mix="cutmix",
         bn_prior=1.0,
         class_prior=0.5,
         adversarial_mask=True,
