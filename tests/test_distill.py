@@ -183,9 +183,24 @@ def test_stop_at_stops_every_seed_there(tmp_path, tiny, caplog):
     # nothing.
     to_the_stop = [m for m in caplog.messages if "ETA" in m and "to the stop at 1" in m]
     assert len(to_the_stop) == 2, caplog.messages
-    summary = distill.distill(dataclasses.replace(config, stop_at=None), seeds=(0, 1))
-    assert sorted(summary["seeds"]) == ["0", "1"]
+    # One seed per call into the same directory (as in one Colab session each): a
+    # seed stopped part-way is not counted, and a later call counts the seeds earlier
+    # calls finished.
+    finish = dataclasses.replace(config, stop_at=None)
+    assert sorted(distill.distill(finish, seeds=(0,))["seeds"]) == ["0"]
+    assert last_iterations() == [2, 1]
+    summary = distill.distill(finish, seeds=(1,))
     assert last_iterations() == [2, 2]
+    assert runs.read_json(tmp_path / "chunks" / "results.json") == summary
+    finals = [
+        runs.read_json(tmp_path / "chunks" / f"seed_{s}" / "results.json")[
+            "test_accuracy"
+        ]
+        for s in (0, 1)
+    ]
+    assert summary["seeds"] == {"0": finals[0], "1": finals[1]}
+    assert summary["test_accuracy_mean"] == pytest.approx(np.mean(finals))
+    assert any("also counts seed 0, finished in" in m for m in caplog.messages)
 
 
 def test_bad_input_is_caught_before_training(tmp_path, tiny):

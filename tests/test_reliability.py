@@ -4,6 +4,7 @@ the resumed run ends exactly where an undisturbed one does."""
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -315,7 +316,7 @@ def _only_checkpoints(directory, names):
     return [name for name in names if name in ("logs", "samples.png", "accuracy.png")]
 
 
-def test_damaged_records_name_the_file_and_the_fix(tiny, tmp_path):
+def test_damaged_records_name_the_file_and_the_fix(tiny, tmp_path, caplog):
     summary = tmp_path / "summary"
     config = dataclasses.replace(
         _config(tiny, summary, total_iterations=2),
@@ -341,3 +342,12 @@ def test_damaged_records_name_the_file_and_the_fix(tiny, tmp_path):
     seed_config.write_text(seed_config.read_text()[:50])  # beside a results.json
     with pytest.raises(UserError, match=r"seed_0/config.json is damaged .*restore it"):
         distill.distill(config)
+    # Another seed's call into the directory trains, and leaves the damaged seed out
+    # of its summary with the same message rather than failing or trusting it.
+    caplog.set_level(logging.WARNING)
+    other = distill.distill(config, seeds=(1,))
+    assert list(other["seeds"]) == ["1"]
+    assert any(
+        "left out of the summary" in m and "seed_0/config.json is damaged" in m
+        for m in caplog.messages
+    ), caplog.messages

@@ -9,6 +9,7 @@ import pathlib
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from zskt_tf import (
     callable_module,
@@ -220,6 +221,31 @@ def _finished_seed(config: DistillConfig, inputs: Inputs) -> dict | None:
     )
 
 
+def _earlier_seeds(
+    config: DistillConfig, inputs: Inputs, seeds: tuple[int, ...]
+) -> dict[int, dict]:
+    """The results of the seeds of config.output_dir that earlier calls finished,
+    other than seeds (one seed per Colab session into one directory), by seed. A seed
+    still running or stopped is not one of them; one whose records do not match or
+    are damaged is left out with a warning that names the file."""
+    found = {}
+    for directory in pathlib.Path(config.output_dir).glob("seed_*"):
+        seed = directory.name.removeprefix("seed_")
+        if not seed.isdigit() or int(seed) in seeds:
+            continue
+        seed_config = dataclasses.replace(
+            config, seed=int(seed), output_dir=str(directory)
+        )
+        try:
+            results = _finished_seed(seed_config, inputs)
+        except UserError as error:
+            logging.warning("left out of the summary: %s", error)
+            continue
+        if results is not None:
+            found[int(seed)] = results
+    return found
+
+
 def distill(
     config: DistillConfig,
     seeds: tuple[int, ...] = (0,),
@@ -238,7 +264,9 @@ def distill(
 
     Returns:
         {"seeds": {...}, "test_accuracy_mean": ..., "test_accuracy_std": ...} (or
-        "agreement_..." without a test set), also in output_dir/results.json.
+        "agreement_..." without a test set), also in output_dir/results.json: over
+        seeds and every other seed an earlier call into output_dir finished, so
+        seeds run one per call (or side by side) are summarised together.
 
     Raises:
         checkpoints.StoppedAt: the seeds not finished reached stop_at (checkpoints
@@ -281,11 +309,21 @@ def distill(
             f"(seed{'s' if len(stopped) > 1 else ''} "
             f"{', '.join(map(str, stopped))})"
         )
+    earlier = _earlier_seeds(config, inputs, seeds)
+    if earlier:
+        logging.info(
+            "the summary also counts seed%s %s, finished in %s by an earlier call",
+            "s" if len(earlier) > 1 else "",
+            ", ".join(map(str, earlier)),
+            output_dir,
+        )
+    per_seed |= earlier
+    counted = sorted(per_seed)
     metric = inputs.metric
-    finals = np.array([per_seed[s][metric] for s in seeds])
+    finals = np.array([per_seed[s][metric] for s in counted])
     summary = {
         "metric": metric,
-        "seeds": {str(s): per_seed[s][metric] for s in seeds},
+        "seeds": {str(s): per_seed[s][metric] for s in counted},
         f"{metric}_mean": float(finals.mean()),
         f"{metric}_std": float(finals.std()),  # population std, as the paper
         "teacher_test_accuracy": per_seed[seeds[0]]["teacher_test_accuracy"],
