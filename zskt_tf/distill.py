@@ -312,9 +312,9 @@ def distill(
     earlier = _earlier_seeds(config, inputs, seeds)
     if earlier:
         logging.info(
-            "the summary also counts seed%s %s, finished in %s by an earlier call",
+            "the summary also counts seed%s %s, finished in %s by another call",
             "s" if len(earlier) > 1 else "",
-            ", ".join(map(str, earlier)),
+            ", ".join(map(str, sorted(earlier))),
             output_dir,
         )
     per_seed |= earlier
