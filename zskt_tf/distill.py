@@ -230,20 +230,29 @@ def _earlier_seeds(
     are damaged is left out with a warning that names the file."""
     found = {}
     for directory in pathlib.Path(config.output_dir).glob("seed_*"):
-        seed = directory.name.removeprefix("seed_")
-        if not seed.isdigit() or int(seed) in seeds:
+        number = directory.name.removeprefix("seed_")
+        if not number.isdigit() or int(number) in seeds:
             continue
-        seed_config = dataclasses.replace(
-            config, seed=int(seed), output_dir=str(directory)
-        )
+        seed_config = _seed_config(config, int(number))
+        if pathlib.Path(seed_config.output_dir) != directory:
+            continue  # not a name a run writes (seed_007)
         try:
             results = _finished_seed(seed_config, inputs)
         except UserError as error:
             logging.warning("left out of the summary: %s", error)
             continue
         if results is not None:
-            found[int(seed)] = results
+            found[int(number)] = results
     return found
+
+
+def _seed_config(config: DistillConfig, seed: int) -> DistillConfig:
+    """One seed's run of a multi-seed config, in output_dir/seed_<seed>."""
+    return dataclasses.replace(
+        config,
+        seed=seed,
+        output_dir=str(pathlib.Path(config.output_dir) / f"seed_{seed}"),
+    )
 
 
 def distill(
@@ -292,9 +301,7 @@ def distill(
     )
     per_seed, stopped = {}, []
     for seed in seeds:
-        seed_config = dataclasses.replace(
-            config, seed=seed, output_dir=str(output_dir / f"seed_{seed}")
-        )
+        seed_config = _seed_config(config, seed)
         finished = _finished_seed(seed_config, inputs)
         if finished is not None:
             per_seed[seed] = finished
