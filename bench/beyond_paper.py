@@ -29,6 +29,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from zskt_tf import runs
+
 flags.DEFINE_list("teachers", None, "label=teacher directory or embedded name")
 flags.DEFINE_list(
     "configs",
@@ -96,7 +98,7 @@ def launch(teacher, teacher_label, config_label, extra, seed):
 
 
 def seed_history(teacher_label, config_label, seed):
-    path = run_dir(teacher_label, config_label) / f"seed_{seed}" / "history.json"
+    path = runs.seed_dir(run_dir(teacher_label, config_label), seed) / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
 
 

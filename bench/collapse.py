@@ -68,7 +68,7 @@ def main(argv):
     last = {}
     for seed in seeds:
         results = runs.read_json(
-            pathlib.Path(FLAGS.output_dir) / f"seed_{seed}" / runs.RESULTS_FILE
+            runs.seed_dir(FLAGS.output_dir, seed) / runs.RESULTS_FILE
         )
         last[seed] = results["history"][-1]
     collapsed = [s for s in seeds if distill.collapsed(last[s])]

@@ -32,6 +32,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from zskt_tf import runs
+
 flags.DEFINE_list("teachers", None, "label=teacher (run directory, embedded:, .keras)")
 flags.DEFINE_list(
     "configs",
@@ -65,9 +67,8 @@ def _pairs(values):
 
 
 def run_dir(teacher_label, config_label, seed) -> pathlib.Path:
-    return (
-        pathlib.Path(FLAGS.output_dir) / teacher_label / config_label / f"seed_{seed}"
-    )
+    configuration = pathlib.Path(FLAGS.output_dir) / teacher_label / config_label
+    return runs.seed_dir(configuration, seed)
 
 
 def config_flags(config_label: str, extra: str) -> list[str]:

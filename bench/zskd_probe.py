@@ -21,7 +21,6 @@ test set is read for the evaluation only.
 """
 
 import json
-import pathlib
 import time
 
 import keras
@@ -29,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from zskt_tf import cli, sources
+from zskt_tf import cli, runs, sources
 
 flags.DEFINE_string("teacher", None, ".keras teacher ending in logits, [0, 1] inputs.")
 flags.DEFINE_string("student", None, ".keras student architecture (fresh weights).")
@@ -112,7 +111,7 @@ def main(argv):
     teacher = keras.models.load_model(FLAGS.teacher)
     teacher.trainable = False
     x_test, y_test = load_test(FLAGS.data_dir)
-    out = pathlib.Path(FLAGS.output_dir) / f"seed_{FLAGS.seed}"
+    out = runs.seed_dir(FLAGS.output_dir, FLAGS.seed)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     targets = soft_labels(class_similarity(teacher), FLAGS.impressions, rng)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tests.helpers import run_program, user_error
 from zskt_tf import datasets, export, model_io
+from zskt_tf.errors import UserError
 
 TEACHER = "embedded:cifar10-wrn-16-2"
 
@@ -76,6 +77,13 @@ def test_export_cli_and_bad_input(tmp_path):
     assert "exported" in result.stdout
     stderr = user_error("zskt-tf-export", f"--model_dir={tmp_path / 'nothing'}")
     assert "not found" in stderr or "holds no" in stderr
+
+
+def test_a_multi_seed_directory_names_a_seed_to_pick(tmp_path):
+    for name in ("seed_10", "seed_2", "seed_007"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UserError, match=r"holds no student .*e\.g\. .*seed_2$"):
+        model_io.load_network(tmp_path)
 
 
 def test_tflite_runs_on_litert_and_falls_back_to_tensorflow(monkeypatch):

@@ -351,3 +351,16 @@ def test_damaged_records_name_the_file_and_the_fix(tiny, tmp_path, caplog):
         "left out of the summary" in m and "seed_0/config.json is damaged" in m
         for m in caplog.messages
     ), caplog.messages
+
+
+def test_seed_runs_are_found_by_the_names_runs_write(tmp_path):
+    for name in ("seed_10", "seed_2", "seed_007", "seed_x", "seed_", "notes"):
+        (tmp_path / name).mkdir()
+    # A folder a run would not name (seed_007 is not seed 7) is not a seed's run,
+    # and seeds come in numeric order (2 before 10).
+    assert runs.seed_dirs(tmp_path) == {
+        2: tmp_path / "seed_2",
+        10: tmp_path / "seed_10",
+    }
+    assert runs.seed_dir(tmp_path, 7) == tmp_path / "seed_7"
+    assert runs.seed_dirs(tmp_path / "missing") == {}

@@ -229,20 +229,16 @@ def _earlier_seeds(
     still running or stopped is not one of them; one whose records do not match or
     are damaged is left out with a warning that names the file."""
     found = {}
-    for directory in pathlib.Path(config.output_dir).glob("seed_*"):
-        number = directory.name.removeprefix("seed_")
-        if not number.isdigit() or int(number) in seeds:
+    for seed in runs.seed_dirs(config.output_dir):
+        if seed in seeds:
             continue
-        seed_config = _seed_config(config, int(number))
-        if pathlib.Path(seed_config.output_dir) != directory:
-            continue  # not a name a run writes (seed_007)
         try:
-            results = _finished_seed(seed_config, inputs)
+            results = _finished_seed(_seed_config(config, seed), inputs)
         except UserError as error:
             logging.warning("left out of the summary: %s", error)
             continue
         if results is not None:
-            found[int(number)] = results
+            found[seed] = results
     return found
 
 
@@ -251,7 +247,7 @@ def _seed_config(config: DistillConfig, seed: int) -> DistillConfig:
     return dataclasses.replace(
         config,
         seed=seed,
-        output_dir=str(pathlib.Path(config.output_dir) / f"seed_{seed}"),
+        output_dir=str(runs.seed_dir(config.output_dir, seed)),
     )
 
 

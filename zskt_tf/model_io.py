@@ -248,7 +248,7 @@ def load_network(model_dir: str | pathlib.Path) -> tuple[keras.Model, dict]:
         if model_dir.is_file() or (model_dir / weights_name).is_file():
             break
     else:
-        seeds = sorted(model_dir.glob("seed_*")) if model_dir.is_dir() else []
+        seeds = list(runs.seed_dirs(model_dir).values())
         hint = f"; pick one of its seeds, e.g. {seeds[0]}" if seeds else ""
         raise UserError(f"{model_dir} holds no student or teacher weights{hint}")
     weights, config = resolve_run(model_dir, weights_name)

@@ -19,6 +19,23 @@ from zskt_tf.errors import UserError
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 CHECKPOINT_SUBDIR = "checkpoints"
+SEED_PREFIX = "seed_"
+
+
+def seed_dir(output_dir: str | pathlib.Path, seed: int) -> pathlib.Path:
+    """Where a multi-seed run keeps one seed's run: output_dir/seed_<seed>."""
+    return pathlib.Path(output_dir) / f"{SEED_PREFIX}{seed}"
+
+
+def seed_dirs(output_dir: str | pathlib.Path) -> dict[int, pathlib.Path]:
+    """The seed runs in output_dir by seed; a folder no run names (seed_007) is not
+    one of them."""
+    found = {}
+    for directory in pathlib.Path(output_dir).glob(f"{SEED_PREFIX}*"):
+        number = directory.name.removeprefix(SEED_PREFIX)
+        if number.isdigit() and seed_dir(output_dir, int(number)) == directory:
+            found[int(number)] = directory
+    return dict(sorted(found.items()))
 
 
 def _entries(directory: pathlib.Path) -> list[pathlib.Path]:
