@@ -304,3 +304,20 @@ def test_clip_images_keeps_pseudo_images_in_the_pixel_range(tiny):
     assert unbounded.min() < 0 and unbounded.max() > 255
     np.testing.assert_allclose(clipped, np.clip(unbounded, 0, 255), rtol=1e-6)
     assert 0.0 < np.mean((clipped == 0) | (clipped == 255)) < 0.2
+
+
+def test_image_stats_read_the_generators_images_with_the_given_statistics():
+    scale = pixels.parse("0,1", 1)
+    # By default a range reads them as pixels of mean 0.5, std 0.25.
+    assert scale.generator_map() == ((0.25,), (0.5,))
+    stated = pixels.with_image_stats(scale, "mean=0.2:std=0.3")
+    assert stated.mean == scale.mean and stated.std == scale.std  # the teacher's
+    np.testing.assert_allclose(stated.generator_map(), [(0.3,), (0.2,)])
+    # A standardising convention given its own statistics stays the identity.
+    standard = pixels.standardising((0.4, 0.5, 0.6), (0.2, 0.2, 0.3))
+    spec = "mean=0.4,0.5,0.6:std=0.2,0.2,0.3"
+    assert pixels.with_image_stats(standard, spec).identity
+    with pytest.raises(
+        UserError, match="--image_stats: mean has 2 values for 3 channels"
+    ):
+        pixels.with_image_stats(standard, "mean=0.4,0.5:std=0.2")

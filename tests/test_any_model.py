@@ -202,6 +202,8 @@ def test_models_that_cannot_work_get_one_line_and_nothing_written(tmp_path):
         plain, tmp_path, bn_prior=1.0, beta=0
     )
     assert "--input_scale" in _bad(teacher, tmp_path, input_scale=None)
+    assert "give it as mean=" in _bad(teacher, tmp_path, image_stats="0.2,0.3")
+    assert "--image_stats" in _bad(teacher, tmp_path, image_stats="mean=0.2:std=0")
 
 
 @keras.saving.register_keras_serializable(package="tests")

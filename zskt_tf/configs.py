@@ -415,6 +415,13 @@ class DistillConfig(RunOptions, GameConfig):
         "mean=M1,M2,M3:std=S1,S2,S3 (on the [0, 1] pixel scale). Required for a "
         ".keras teacher; a zskt_tf teacher records its own.",
     )
+    image_stats: str | None = option(
+        None,
+        "The pixel statistics the generator's standardised images are read with, "
+        "mean=M1,M2,M3:std=S1,S2,S3 on the [0, 1] scale (e.g. the data's own, if "
+        "known). Default: the teacher's normalisation for a standardising "
+        "convention (the paper's identity), mean 0.5 and std 0.25 for a range.",
+    )
     attention_pairs: str | None = option(
         None,
         "Layers whose attention maps the student matches, "

@@ -80,7 +80,9 @@ def check_inputs(
     check_accelerator_options(config.jit, config.mixed_precision, strategy)
     with strategy.scope(), mixed_precision_scope(config.mixed_precision):
         loaded = players.load_teacher(
-            config.teacher if teacher is None else teacher, config.input_scale
+            config.teacher if teacher is None else teacher,
+            config.input_scale,
+            config.image_stats,
         )
     student_spec = players.student_from(
         student

@@ -93,14 +93,36 @@ def parse(spec: str, channels: int) -> InputScale:
     if text.startswith("mean=") and ":std=" in text:
         mean_text, std_text = text[len("mean=") :].split(":std=", 1)
         try:
-            mean = _per_channel(mean_text.split(","), channels, "mean")
-            std = _per_channel(std_text.split(","), channels, "std")
+            numbers = [[float(v) for v in t.split(",")] for t in (mean_text, std_text)]
         except ValueError:
             raise UserError(f"--input_scale {spec!r}: not numbers; {FORMS}") from None
+        mean = _per_channel(numbers[0], channels, "mean")
+        std = _per_channel(numbers[1], channels, "std")
         if min(std) <= 0:
             raise UserError(f"--input_scale {spec!r}: std must be positive")
         return InputScale(mean, std, mean, std, spec=text)
     raise UserError(f"unknown --input_scale {spec!r}; give one of {FORMS}")
+
+
+def with_image_stats(scale: InputScale, spec: str) -> InputScale:
+    """scale with the generator's images read as pixels of the statistics in spec,
+    mean=M:std=S (per channel, on the [0, 1] scale; --image_stats), instead of
+    the convention's own. The paper's case reads them with the data's statistics
+    (the identity map); this states them for a teacher whose convention is a range.
+
+    Raises:
+        UserError: spec not of that form.
+    """
+    text = spec.replace(" ", "")
+    form = "mean=M1,M2,M3:std=S1,S2,S3 (per channel, on the [0, 1] pixel scale)"
+    if not (text.startswith("mean=") and ":std=" in text):
+        raise UserError(f"--image_stats {spec!r}: give it as {form}")
+    try:
+        given = parse(text, len(scale.mean))
+    except UserError as error:
+        message = str(error).replace("--input_scale", "--image_stats")
+        raise UserError(message) from None
+    return dataclasses.replace(scale, image_mean=given.mean, image_std=given.std)
 
 
 def standardising(mean, std) -> InputScale:

@@ -76,7 +76,11 @@ def _describe(model: keras.Model) -> str:
     return f"{model.name} ({type(model).__name__}, {model.count_params():,} params)"
 
 
-def load_teacher(teacher: str | keras.Model, input_scale: str | None = None) -> Teacher:
+def load_teacher(
+    teacher: str | keras.Model,
+    input_scale: str | None = None,
+    image_stats: str | None = None,
+) -> Teacher:
     """Loads and freezes a teacher given any way the library accepts.
 
     Args:
@@ -84,6 +88,8 @@ def load_teacher(teacher: str | keras.Model, input_scale: str | None = None) -> 
             keras.Model.
         input_scale: its pixel convention (zskt_tf.pixels.parse); required unless
             the teacher is a zskt_tf run, which records its own.
+        image_stats: the pixel statistics the generator's images are read with
+            (zskt_tf.pixels.with_image_stats); default the convention's.
 
     Raises:
         UserError: anything that does not make a usable teacher, in one line.
@@ -114,6 +120,8 @@ def load_teacher(teacher: str | keras.Model, input_scale: str | None = None) -> 
             )
         scale = pixels.parse(input_scale, image_shape[-1])
         wrn, description = None, _describe(model)
+    if image_stats:
+        scale = pixels.with_image_stats(scale, image_stats)
     return Teacher(
         model, source, image_shape, num_classes, scale, wrn, description, record
     )

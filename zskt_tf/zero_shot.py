@@ -140,6 +140,14 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.teacher, self.student, self.pairs
         )
         scale = self.teacher.scale
+        if not scale.identity:
+            logging.info(
+                "the generator's images are read as pixels of mean %s, std %s "
+                "(--image_stats) and mapped into the teacher's inputs (%s)",
+                _numbers(scale.image_mean),
+                _numbers(scale.image_std),
+                scale.spec,
+            )
         game_args = (
             teacher_net,
             self.student_net,
@@ -373,3 +381,9 @@ class ZeroShotTrainer(run_loop.Trainer):
         if self.pairs:
             results["attention_layers"] = [str(pair) for pair in self.pairs]
         return results
+
+
+def _numbers(values) -> str:
+    """Per-channel values, once when they are all the same."""
+    text = [f"{value:g}" for value in values]
+    return text[0] if len(set(text)) == 1 else ",".join(text)
