@@ -24,10 +24,8 @@ RANGES = {"0,255": (0.0, 255.0), "0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
 # ImageNet's statistics, as keras.applications' "torch" preprocessing uses them.
 NAMED = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 RANGE_IMAGE_MEAN, RANGE_IMAGE_STD = 0.5, 0.25
-FORMS = (
-    "0,255 | 0,1 | -1,1 | imagenet | mean=M1,M2,M3:std=S1,S2,S3 (per channel, on "
-    "the [0, 1] pixel scale)"
-)
+MEAN_STD_FORM = "mean=M1,M2,M3:std=S1,S2,S3 (per channel, on the [0, 1] pixel scale)"
+FORMS = f"0,255 | 0,1 | -1,1 | imagenet | {MEAN_STD_FORM}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +61,15 @@ class InputScale:
         return low, high
 
 
-def _per_channel(values, channels: int, what: str) -> tuple[float, ...]:
+def _per_channel(
+    values, channels: int, what: str, option: str = "--input_scale"
+) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) == 1:
         values *= channels
     if len(values) != channels:
         raise UserError(
-            f"--input_scale: {what} has {len(values)} values for {channels} channels"
+            f"{option}: {what} has {len(values)} values for {channels} channels"
         )
     return values
 
@@ -90,18 +90,31 @@ def parse(spec: str, channels: int) -> InputScale:
     if text in NAMED:
         mean, std = (_per_channel(v, channels, text) for v in NAMED[text])
         return InputScale(mean, std, mean, std, spec=text)
-    if text.startswith("mean=") and ":std=" in text:
-        mean_text, std_text = text[len("mean=") :].split(":std=", 1)
-        try:
-            numbers = [[float(v) for v in t.split(",")] for t in (mean_text, std_text)]
-        except ValueError:
-            raise UserError(f"--input_scale {spec!r}: not numbers; {FORMS}") from None
-        mean = _per_channel(numbers[0], channels, "mean")
-        std = _per_channel(numbers[1], channels, "std")
-        if min(std) <= 0:
-            raise UserError(f"--input_scale {spec!r}: std must be positive")
-        return InputScale(mean, std, mean, std, spec=text)
+    given = _mean_std(spec, channels, "--input_scale", FORMS)
+    if given:
+        return InputScale(*given, *given, spec=text)
     raise UserError(f"unknown --input_scale {spec!r}; give one of {FORMS}")
+
+
+def _mean_std(spec: str, channels: int, option: str, forms: str):
+    """(mean, std) per channel of a mean=M:std=S spec, None for another form.
+
+    Raises:
+        UserError: not numbers, the wrong number of values, or a std <= 0.
+    """
+    text = spec.replace(" ", "")
+    if not (text.startswith("mean=") and ":std=" in text):
+        return None
+    mean_text, std_text = text[len("mean=") :].split(":std=", 1)
+    try:
+        numbers = [[float(v) for v in t.split(",")] for t in (mean_text, std_text)]
+    except ValueError:
+        raise UserError(f"{option} {spec!r}: not numbers; {forms}") from None
+    mean = _per_channel(numbers[0], channels, "mean", option)
+    std = _per_channel(numbers[1], channels, "std", option)
+    if min(std) <= 0:
+        raise UserError(f"{option} {spec!r}: std must be positive")
+    return mean, std
 
 
 def with_image_stats(scale: InputScale, spec: str) -> InputScale:
@@ -113,16 +126,10 @@ def with_image_stats(scale: InputScale, spec: str) -> InputScale:
     Raises:
         UserError: spec not of that form.
     """
-    text = spec.replace(" ", "")
-    form = "mean=M1,M2,M3:std=S1,S2,S3 (per channel, on the [0, 1] pixel scale)"
-    if not (text.startswith("mean=") and ":std=" in text):
-        raise UserError(f"--image_stats {spec!r}: give it as {form}")
-    try:
-        given = parse(text, len(scale.mean))
-    except UserError as error:
-        message = str(error).replace("--input_scale", "--image_stats")
-        raise UserError(message) from None
-    return dataclasses.replace(scale, image_mean=given.mean, image_std=given.std)
+    given = _mean_std(spec, len(scale.mean), "--image_stats", MEAN_STD_FORM)
+    if not given:
+        raise UserError(f"--image_stats {spec!r}: give it as {MEAN_STD_FORM}")
+    return dataclasses.replace(scale, image_mean=given[0], image_std=given[1])
 
 
 def standardising(mean, std) -> InputScale:
