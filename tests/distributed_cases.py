@@ -163,13 +163,15 @@ def multi_worker(index: str, ports: str) -> dict:
     return {**_play(strategy, {}), "chief": distribution.is_chief(strategy)}
 
 
-# Every option beyond the paper at once: the priors, the l1 objective, the
-# class-conditional generator with its masked adversarial term, and a replay pool
-# (replicated: each replica holds all of it; the replay batch is drawn, augmented and
-# cutmixed once for the global batch and split like a training batch).
+# Every option beyond the paper at once: the priors (BN, balance, total variation),
+# the l1 objective, the class-conditional generator with its masked adversarial
+# term, and a replay pool (replicated: each replica holds all of it; the replay
+# batch is drawn, augmented and cutmixed once for the global batch and split like a
+# training batch).
 BEYOND = {
     "bn_prior": 0.5,
     "balance_prior": 2.0,
+    "tv_prior": 0.3,
     "adversarial_loss": "l1",
     "class_prior": 0.5,
     "adversarial_mask": True,

@@ -207,6 +207,28 @@ def test_priors_and_l1_objective_against_numpy(tiny):
     )
 
 
+def test_tv_prior_against_numpy(tiny):
+    _, _, teacher_dir = tiny
+    config = _config(student_steps=1, tv_prior=0.7)
+    frozen, student, gen, optimizers = _networks(teacher_dir)
+    student_before, gen_before = _clone(student), _clone(gen)
+    z = tf.random.normal((8, 16))
+    values = adversarial.make_iteration_fn(frozen, student, gen, *optimizers, config)(
+        z, tf.constant(0, tf.int64)
+    )
+    assert set(values) == set(config.metric_tags())
+    assert "train/tv_loss" in values
+    images = np.asarray(gen_before(z, training=True), np.float64)
+    tv = np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean()
+    t_out = frozen(images.astype(np.float32), training=False)
+    s_out = student_before(images.astype(np.float32), training=True)
+    kl, _, _ = _np_losses(t_out, s_out, 250.0)
+    assert float(values["train/tv_loss"]) == pytest.approx(tv, rel=1e-4)
+    assert float(values["train/generator_loss"]) == pytest.approx(
+        -kl + 0.7 * tv, rel=1e-4
+    )
+
+
 def test_paper_defaults_and_bad_options():
     paper = adversarial.GameConfig()
     assert (paper.adversarial_loss, paper.bn_prior, paper.balance_prior) == (
@@ -219,6 +241,9 @@ def test_paper_defaults_and_bad_options():
         _config(adversarial_loss="js").validate()
     with pytest.raises(UserError, match="bn_prior must be >= 0"):
         _config(bn_prior=-1.0).validate()
+    assert paper.tv_prior == 0.0
+    with pytest.raises(UserError, match="tv_prior must be >= 0"):
+        _config(tv_prior=-0.5).validate()
 
 
 def test_xla_steps_compute_the_same_iteration(tiny):

@@ -180,7 +180,7 @@ class AdversarialGame:
         agree = tf.argmax(teacher_logits, -1) == tf.argmax(student_logits, -1)
         return tf.reduce_mean(per_example * tf.cast(agree, per_example.dtype))
 
-    def _generator_terms(self, teacher_out, student_out, share, labels) -> dict:
+    def _generator_terms(self, images, teacher_out, student_out, share, labels) -> dict:
         """Each term as this replica's part of its global-batch value: means over
         examples weighted by the replica's share of the batch, global statistics by
         1 / replicas. Summed over replicas they are the global values."""
@@ -212,6 +212,12 @@ class AdversarialGame:
         for tag, value in self._priors(teacher_out).items():
             terms[tag] = value * fraction
             terms["train/generator_loss"] += weights[tag] * terms[tag]
+        if self.config.tv_prior:
+            variation = losses.total_variation(images)
+            terms["train/tv_loss"] = variation * tf.cast(share, variation.dtype)
+            terms["train/generator_loss"] += (
+                self.config.tv_prior * terms["train/tv_loss"]
+            )
         if self.config.class_prior:
             # The teacher should see in each image the class it was asked for.
             cross_entropy = tf.reduce_mean(
@@ -266,7 +272,7 @@ class AdversarialGame:
             teacher_out = self.teacher(pseudo, training=False)
             student_out = self.student(pseudo, training=True)
             terms = self._generator_terms(
-                teacher_out, student_out, share, self._requested_classes(z)
+                pseudo, teacher_out, student_out, share, self._requested_classes(z)
             )
             scaled = self.generator_optimizer.scale_loss(terms["train/generator_loss"])
         grads = tape.gradient(scaled, variables)

@@ -262,6 +262,12 @@ class GameConfig:
         "Beyond the paper. Weight of the class-balance prior on the generator "
         "(negative entropy of the batch-mean teacher prediction, DAFL/DFQ); 0 = off.",
     )
+    tv_prior: float = option(
+        0.0,
+        "Beyond the paper. Weight of a total-variation prior on the generator's "
+        "images (mean absolute difference of neighbouring pixels of the teacher's "
+        "inputs, DeepInversion's image prior); 0 = off.",
+    )
     class_prior: float = option(
         0.0,
         "Beyond the paper. Makes the generator class-conditional (one-hot class "
@@ -326,6 +332,7 @@ class GameConfig:
         optional = {
             "train/bn_loss": self.bn_prior,
             "train/balance_loss": self.balance_prior,
+            "train/tv_loss": self.tv_prior,
             "train/class_loss": self.class_prior,
             "train/replay_loss": self.replay_size,
             "train/replay_kl": self.replay_size,
@@ -350,6 +357,7 @@ class GameConfig:
             "beta",
             "bn_prior",
             "balance_prior",
+            "tv_prior",
             "class_prior",
             "adversarial_weight",
             "replay_size",

@@ -151,6 +151,21 @@ def _identity(value):
     return value
 
 
+def total_variation(images: tf.Tensor) -> tf.Tensor:
+    """Mean absolute difference between vertically and between horizontally
+    neighbouring pixels, summed over the two directions (the anisotropic total
+    variation of DeepInversion's image prior, arXiv 1912.08795, as a mean rather
+    than a sum so that its scale does not depend on the image size).
+
+    A mean over the examples: weighted by the replica's share of the batch, the
+    replicas' parts sum to the global batch's value.
+    """
+    images = at_least_float32(images)
+    vertical = tf.reduce_mean(tf.abs(images[:, 1:] - images[:, :-1]))
+    horizontal = tf.reduce_mean(tf.abs(images[:, :, 1:] - images[:, :, :-1]))
+    return vertical + horizontal
+
+
 def batch_norm_statistics_loss(
     bn_inputs: Sequence[tf.Tensor],
     moving_means: Sequence[tf.Tensor],
