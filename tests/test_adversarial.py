@@ -164,11 +164,8 @@ def _np_bn_loss(bn_inputs, layers):
     return total
 
 
-def test_priors_and_l1_objective_against_numpy(tiny):
-    _, _, teacher_dir = tiny
-    config = _config(
-        student_steps=1, adversarial_loss="l1", bn_prior=0.5, balance_prior=2.0
-    )
+def _one_iteration(teacher_dir, config):
+    """One iteration's logged values, with the networks before and after it."""
     frozen, student, gen, optimizers = _networks(teacher_dir)
     student_before, gen_before = _clone(student), _clone(gen)
     z = tf.random.normal((8, 16))
@@ -176,6 +173,17 @@ def test_priors_and_l1_objective_against_numpy(tiny):
         z, tf.constant(0, tf.int64)
     )
     assert set(values) == set(config.metric_tags())
+    return values, z, frozen, gen, student_before, gen_before
+
+
+def test_priors_and_l1_objective_against_numpy(tiny):
+    _, _, teacher_dir = tiny
+    config = _config(
+        student_steps=1, adversarial_loss="l1", bn_prior=0.5, balance_prior=2.0
+    )
+    values, z, frozen, gen, student_before, gen_before = _one_iteration(
+        teacher_dir, config
+    )
     # Generator step, on the generator's images before its update.
     images = gen_before(z, training=True)
     with_inputs, layers = adversarial.with_batchnorm_inputs(frozen)
@@ -210,13 +218,9 @@ def test_priors_and_l1_objective_against_numpy(tiny):
 def test_tv_prior_against_numpy(tiny):
     _, _, teacher_dir = tiny
     config = _config(student_steps=1, tv_prior=0.7)
-    frozen, student, gen, optimizers = _networks(teacher_dir)
-    student_before, gen_before = _clone(student), _clone(gen)
-    z = tf.random.normal((8, 16))
-    values = adversarial.make_iteration_fn(frozen, student, gen, *optimizers, config)(
-        z, tf.constant(0, tf.int64)
+    values, z, frozen, _, student_before, gen_before = _one_iteration(
+        teacher_dir, config
     )
-    assert set(values) == set(config.metric_tags())
     assert "train/tv_loss" in values
     images = np.asarray(gen_before(z, training=True), np.float64)
     tv = np.abs(np.diff(images, axis=1)).mean() + np.abs(np.diff(images, axis=2)).mean()
