@@ -56,7 +56,15 @@ def _play(strategy, options: dict) -> dict:
         optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
         optimizers[0].build(student.trainable_variables)
         optimizers[1].build(gen.trainable_variables)
+        copy = None
+        if options.get("student_ema"):
+            copy = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=synchronized)
     config = adversarial.GameConfig(student_steps=3, **options)
+    average = None
+    if config.student_ema:
+        from zskt_tf.averaging import WeightAverage
+
+        average = WeightAverage(student, copy, config.student_ema, strategy)
     step = adversarial.make_iteration_fn(
         teacher, student, gen, *optimizers, config, strategy
     )
@@ -73,8 +81,13 @@ def _play(strategy, options: dict) -> dict:
     for iteration in range(3):
         z = tf.constant(rng.standard_normal((16, 16)))
         values = step(z, tf.constant(iteration, tf.int64))
+        if average:
+            average.update()
         losses.append({tag: float(value) for tag, value in values.items()})
-    return {"losses": losses, "weights": _weights(student, gen)}
+    return {
+        "losses": losses,
+        "weights": _weights(student, gen, *([average.model] if average else [])),
+    }
 
 
 def _teacher_steps(strategy) -> dict:
@@ -167,7 +180,8 @@ def multi_worker(index: str, ports: str) -> dict:
 # the l1 objective, the class-conditional generator with its masked adversarial
 # term, and a replay pool (replicated: each replica holds all of it; the replay
 # batch is drawn, augmented and cutmixed once for the global batch and split like a
-# training batch).
+# training batch), and the student's weight average (updated in cross-replica
+# context after each iteration).
 BEYOND = {
     "bn_prior": 0.5,
     "balance_prior": 2.0,
@@ -178,6 +192,7 @@ BEYOND = {
     "replay_size": 40,
     "replay_steps": 2,
     "replay_mix": "cutmix",
+    "student_ema": 0.5,
 }
 
 

@@ -339,3 +339,50 @@ def test_presets_name_settings_that_exist_and_validate(tiny, tmp_path):
     assert "--n_s=2 (paper: 10)," in described
     # A method setting outside the preset, given by the user, is named too.
     assert described.endswith(", --replay_temperature=4.0 (paper: 1.0, given)")
+
+
+def _trained(config, data, iterations):
+    """A trainer after `iterations` iterations, and its live student's weights
+    before the first and after each one."""
+    from zskt_tf.zero_shot import ZeroShotTrainer
+
+    trainer = ZeroShotTrainer(config, distill.check_inputs(config, data))
+    live = [trainer.student.get_weights()]
+    for step, z in enumerate(trainer.batches(0, iterations)):
+        trainer.train_step(z, step)
+        live.append(trainer.student.get_weights())
+    return trainer, live
+
+
+def test_student_ema_averages_the_live_weights_and_leaves_training_alone(
+    tmp_path, tiny
+):
+    _, data, _ = tiny
+    plain = _config(tiny, tmp_path / "plain", student_steps=1)
+    averaged = dataclasses.replace(plain, student_ema=0.6)
+    _, live_plain = _trained(plain, data, 3)
+    trainer, live = _trained(averaged, data, 3)
+    # The average does not touch training: the live student is the plain run's.
+    for before, after in zip(live_plain, live, strict=True):
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # average = 0.6 average + 0.4 live after each iteration, from the initial weights
+    # (BatchNorm statistics included).
+    expected = live[0]
+    for weights in live[1:]:
+        expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights, strict=True)]
+    average = trainer.kept_student.get_weights()
+    assert len(average) == len(expected) > len(trainer.student.trainable_weights)
+    for a, e in zip(average, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, w) for a, w in zip(average, live[-1], strict=True))
+    # Evaluations report the average (the kept student) and the live student.
+    values = trainer.evaluate(3)
+    assert set(values) == {"test_accuracy", "test_accuracy_live"}
+    # ...the kept figure is the average's: with the live weights set to it, the
+    # live figure becomes what the average scored.
+    trainer.student.set_weights(average)
+    assert trainer.evaluate(3)["test_accuracy_live"] == values["test_accuracy"]
+    for decay in (1.0, -0.1):
+        with pytest.raises(UserError, match=r"student_ema must be in \[0, 1\)"):
+            dataclasses.replace(plain, student_ema=decay).validate()

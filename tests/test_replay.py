@@ -64,9 +64,13 @@ def test_a_replay_run_resumes_exactly(tiny, tmp_path):
         student_optimizer="sgd",
         student_lr=0.05,
         student_weight_decay=1e-4,
+        student_ema=0.5,
     )
     straight = distill.distill_one_seed(config, data)
     assert {"replay_loss", "replay_kl", "class_loss"} <= set(straight["history"][-1])
+    # The saved student is the average of the live weights (--student_ema), which
+    # the checkpoint holds too, so the resumed run's saved student must match.
+    assert "test_accuracy_live" in straight["history"][-1]
     chunked = dataclasses.replace(config, output_dir=str(tmp_path / "chunked"))
     with pytest.raises(checkpoints.StoppedAt):
         distill.distill_one_seed(dataclasses.replace(chunked, stop_at=3), data)
@@ -77,6 +81,7 @@ def test_a_replay_run_resumes_exactly(tiny, tmp_path):
     assert names[pool_name] == [20, 16, 16, 3]
     count = next(name for name in names if name.startswith("replay_count"))
     assert reader.get_tensor(count) == 24
+    assert any(name.startswith("student_average") for name in names)
     resumed = distill.distill_one_seed(chunked, data)
     assert resumed["history"] == straight["history"]
     for name in ("student.weights.h5", "generator.weights.h5"):

@@ -326,6 +326,13 @@ class GameConfig:
     student_weight_decay: float = option(
         0.0, "L2 added to the student's gradient (PyTorch-style; 0 in the paper)."
     )
+    student_ema: float = option(
+        0.0,
+        "Beyond the paper. Keep an exponential moving average of the student's "
+        "weights with this decay per iteration (e.g. 0.99, Polyak averaging); it is "
+        "the run's student (evaluated, saved, exported), and evaluations also report "
+        "the live student's; 0 = off.",
+    )
 
     def metric_tags(self) -> tuple[str, ...]:
         """The metric tags the iteration returns under these settings."""
@@ -367,6 +374,11 @@ class GameConfig:
         ):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.student_ema < 1.0:
+            raise UserError(
+                f"student_ema must be in [0, 1) (a decay per iteration, e.g. 0.99; 0 "
+                f"= off), got {self.student_ema}"
+            )
         check_choice("adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
         check_choice("student_optimizer", self.student_optimizer, STUDENT_OPTIMIZERS)
         check_choice("replay_mix", self.replay_mix, REPLAY_MIXES)

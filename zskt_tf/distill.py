@@ -199,7 +199,7 @@ def _distill_one_seed(config: DistillConfig, inputs: Inputs, strategy):
             metric=inputs.metric,
         )
         results = run_loop.run(trainer, settings, config.metric_tags(), strategy)
-        return results, trainer.student
+        return results, trainer.kept_student
 
 
 def _finished_seed(config: DistillConfig, inputs: Inputs) -> dict | None:

@@ -5,6 +5,7 @@ Sec. 3 and Algorithm 1)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 
 import keras
@@ -14,10 +15,12 @@ from absl import logging
 
 from zskt_tf import (
     adversarial,
+    averaging,
     datasets,
     distribution,
     evaluation,
     model_io,
+    networks,
     players,
     plots,
     replay,
@@ -38,6 +41,9 @@ COLLAPSED_KL = 0.005
 # batches of at least AGREEMENT_BATCH (the generator normalises with batch statistics).
 AGREEMENT_IMAGES = 1024
 AGREEMENT_BATCH = 256
+# With --student_ema, the history's key for the live student's figure beside the
+# average's (test_accuracy_live, agreement_live).
+LIVE = "_live"
 
 
 def collapsed(entry: dict) -> bool:
@@ -139,6 +145,23 @@ class ZeroShotTrainer(run_loop.Trainer):
         teacher_net, self.student_net, pairs = players.game_networks(
             self.teacher, self.student, self.pairs
         )
+        # The network the run keeps (evaluates, saves, returns): the live student,
+        # or with --student_ema the average of its weights.
+        self.kept_net = self.student_net
+        if self.average:
+            model = self.average.model
+            self.kept_net = (
+                model
+                if self.inputs.student.wrn
+                else networks.TappedNetwork(model, what="the averaged student")
+            )
+            logging.info(
+                "--student_ema=%g: the run's student is the exponential moving "
+                "average of the trained weights (updated once per iteration); "
+                "evaluations also report the live student's %s",
+                config.student_ema,
+                self.metric,
+            )
         scale = self.teacher.scale
         if not scale.identity:
             logging.info(
@@ -174,6 +197,11 @@ class ZeroShotTrainer(run_loop.Trainer):
         self.early_check = EarlyCollapseCheck()
 
     @property
+    def kept_student(self) -> keras.Model:
+        """The student the run keeps: the live one, or its average (--student_ema)."""
+        return self.average.model if self.average else self.student
+
+    @property
     def z_dtype(self):
         return self.generator.inputs[0].dtype
 
@@ -201,6 +229,15 @@ class ZeroShotTrainer(run_loop.Trainer):
             )
             self.student_optimizer.build(self.student.trainable_variables)
             self.generator_optimizer.build(self.generator.trainable_variables)
+            # Built last, so the student and generator draw what they always have.
+            self.average = None
+            if config.student_ema:
+                copy = self.inputs.student.build(
+                    self.info.image_shape, self.info.num_classes, synchronized
+                )
+                self.average = averaging.WeightAverage(
+                    self.student, copy, config.student_ema, self.strategy
+                )
 
     def _set_up_evaluation(self, teacher_net) -> None:
         """Test accuracy on the evaluation data, or, without it, how often student
@@ -215,20 +252,25 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.agreement_z = tf.random.Generator.from_seed(
                 20_000 + self.config.seed
             ).normal([AGREEMENT_IMAGES, self.config.z_dim], dtype=self.z_dtype)
-            self._agreement = tf.function(self._agreement_step)
+            self._measures = {
+                id(network): tf.function(
+                    functools.partial(self._agreement_step, network)
+                )
+                for network in (self.student_net, self.kept_net)
+            }
             self.teacher_accuracy = None
             return
-        self.student_accuracy, teacher_accuracy = (
-            evaluation.Accuracy(
-                network,
-                data.test_images,
-                data.test_labels,
-                self.info,
-                strategy=self.strategy,
-            )
-            for network in (self.student_net, teacher_net)
-        )
-        self.teacher_accuracy = teacher_accuracy()
+        self._measures = {}
+        for network in (self.student_net, self.kept_net, teacher_net):
+            if id(network) not in self._measures:
+                self._measures[id(network)] = evaluation.Accuracy(
+                    network,
+                    data.test_images,
+                    data.test_labels,
+                    self.info,
+                    strategy=self.strategy,
+                )
+        self.teacher_accuracy = self._measures[id(teacher_net)]()
         logging.info(
             "teacher %s: test accuracy %.4f here, %s recorded",
             self.teacher.description,
@@ -236,24 +278,25 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.teacher.record.get("recorded_accuracy"),
         )
 
-    def _agreement_step(self, z):
+    def _agreement_step(self, network, z):
         images = self.game.images(z)
         teacher = self.game.teacher(images, training=False)["logits"]
-        student = self.student_net(images, training=False)["logits"]
+        student = network(images, training=False)["logits"]
         return tf.reduce_sum(
             tf.cast(tf.argmax(teacher, -1) == tf.argmax(student, -1), tf.int64)
         )
 
-    def agreement(self) -> float:
+    def agreement(self, network=None) -> float:
         """Share of fresh generator images (made in batches of the training batch
-        size or AGREEMENT_BATCH, whichever is larger) on which student and teacher
-        predict the same class."""
+        size or AGREEMENT_BATCH, whichever is larger) on which the student (network:
+        default the kept one) and the teacher predict the same class."""
+        step = self._measures[id(network or self.kept_net)]
         batch, strategy = max(self.config.batch_size, AGREEMENT_BATCH), self.strategy
         agreed = 0
         for start in range(0, AGREEMENT_IMAGES - batch + 1, batch):
             z = self.game.generator_input(self.agreement_z[start : start + batch])
             z = distribution.split_global_batch(strategy, z)
-            per_replica = strategy.run(self._agreement, args=(z,))
+            per_replica = strategy.run(step, args=(z,))
             agreed += int(distribution.global_sum(per_replica, strategy))
         return agreed / (AGREEMENT_IMAGES // batch * batch)
 
@@ -265,6 +308,7 @@ class ZeroShotTrainer(run_loop.Trainer):
             generator_optimizer=self.generator_optimizer,
             noise=self.noise,
             **(self.pool.checkpointables() if self.pool else {}),
+            **(dict(student_average=self.average.model) if self.average else {}),
         )
 
     def batches(self, step: int, end: int):
@@ -276,6 +320,8 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     def train_step(self, batch, step: int) -> dict:
         values = self.iteration_fn(batch, tf.constant(step, tf.int64))
+        if self.average:
+            self.average.update()
         warning = self.early_check.update(step + 1, values)
         if warning:
             logging.warning(warning)
@@ -283,9 +329,15 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     def evaluate(self, step: int) -> dict:
         del step
+        values = {self.metric: self._measure(self.kept_net)}
+        if self.average:
+            values[self.metric + LIVE] = self._measure(self.student_net)
+        return values
+
+    def _measure(self, network) -> float:
         if self.inputs.data is None:
-            return {"agreement": self.agreement()}
-        return {"test_accuracy": self.student_accuracy()}
+            return self.agreement(network)
+        return self._measures[id(network)]()
 
     def log_scalars(self, step: int) -> dict:
         schedule = self.config.resolved_schedule()
@@ -303,16 +355,19 @@ class ZeroShotTrainer(run_loop.Trainer):
         if "generator_loss" not in entry:  # the untrained student
             logging.info("student before training: %s %.4f", what, entry[self.metric])
             return
+        figure = f"{entry[self.metric]:.4f}"
+        if self.average:
+            figure += f" (average; live student {entry[self.metric + LIVE]:.4f})"
         step = entry["iteration"]
         tf.summary.image(
             "pseudo_images", self.pseudo_samples()[:16], step=step, max_outputs=16
         )
         logging.info(
-            "iteration %d: %s %.4f | generator loss %.4f, KL %.4f | max prob teacher "
+            "iteration %d: %s %s | generator loss %.4f, KL %.4f | max prob teacher "
             "%.3f student %.3f",
             step,
             what,
-            entry[self.metric],
+            figure,
             entry["generator_loss"],
             entry["generator_kl"],
             entry["teacher_max_prob"],
@@ -345,7 +400,7 @@ class ZeroShotTrainer(run_loop.Trainer):
         if not self.chief:
             return
         model_io.save_network(
-            self.student if self.inputs.student.wrn else self.student_net,
+            self.kept_student if self.inputs.student.wrn else self.kept_net,
             self.output_dir,
             model_io.STUDENT_WEIGHTS,
         )
