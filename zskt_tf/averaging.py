@@ -47,31 +47,24 @@ class WeightAverage:
                 f"--student_ema: the student's builder gave {copy.name} with weights "
                 f"unlike {live.name}'s; make it build the same architecture every call"
             )
-        self.model, self.live, self.decay = copy, live, float(decay)
+        self.model, self.decay = copy, float(decay)
         self.strategy = strategy or tf.distribute.get_strategy()
         self._pairs = [
             (average, weight, tf.as_dtype(weight.dtype).is_floating)
             for average, weight in zip(copy.weights, live.weights, strict=True)
         ]
-        self._update = tf.function(self._step)
-        self._copy = tf.function(self._copy_step)
+        self._step = tf.function(self._move)
         with self.strategy.scope():
-            self._copy()
+            self._step(0.0)  # decay 0: the copy starts as the live weights
 
-    def _copy_step(self):
-        for average, weight, _ in self._pairs:
-            average.assign(weight.value)
-
-    def _step(self):
+    def _move(self, decay: float):
         for average, weight, floating in self._pairs:
             if floating:
-                average.assign(
-                    self.decay * average.value + (1.0 - self.decay) * weight.value
-                )
+                average.assign(decay * average.value + (1.0 - decay) * weight.value)
             else:
                 average.assign(weight.value)
 
     def update(self) -> None:
         """One step of the average towards the live weights."""
         with self.strategy.scope():
-            self._update()
+            self._step(self.decay)
