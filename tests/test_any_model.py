@@ -204,6 +204,19 @@ def test_models_that_cannot_work_get_one_line_and_nothing_written(tmp_path):
         plain, tmp_path, bn_prior=1.0, beta=0
     )
     assert "--input_scale" in _bad(teacher, tmp_path, input_scale=None)
+    # The weight average needs a second student: a builder that hands back one
+    # model every time cannot give it.
+    same = cnn(2, 3, (16, 16, 3))
+    assert "returned the same model twice" in _bad(
+        teacher, tmp_path, student=lambda: same, student_ema=0.9
+    )
+    message = _bad(
+        teacher,
+        tmp_path,
+        student=iter([cnn(2, 3, (16, 16, 3)), cnn(3, 3, (16, 16, 3))]).__next__,
+        student_ema=0.9,
+    )
+    assert "build the same architecture every call" in message
     assert "give it as mean=" in _bad(teacher, tmp_path, image_stats="0.2,0.3")
     assert "--image_stats" in _bad(teacher, tmp_path, image_stats="mean=0.2:std=0")
 

@@ -9,6 +9,22 @@ import tensorflow as tf
 from zskt_tf.errors import UserError
 
 
+def check_copy(live: keras.Model, copy: keras.Model) -> None:
+    """Raises UserError unless copy is a second model with live's weight shapes."""
+    if copy is live:
+        raise UserError(
+            "--student_ema needs a second student of the same architecture, but "
+            "the student's builder returned the same model twice: make it build "
+            "a new model on every call"
+        )
+    shapes = [tuple(w.shape) for w in live.weights]
+    if shapes != [tuple(w.shape) for w in copy.weights]:
+        raise UserError(
+            f"--student_ema: the student's builder gave {copy.name} with weights "
+            f"unlike {live.name}'s; make it build the same architecture every call"
+        )
+
+
 class WeightAverage:
     """The exponential moving average of a live model's weights, held in a second
     model of the same architecture (`model`), which can be evaluated, saved and
@@ -35,18 +51,7 @@ class WeightAverage:
     def __init__(
         self, live: keras.Model, copy: keras.Model, decay: float, strategy=None
     ):
-        if copy is live:
-            raise UserError(
-                "--student_ema needs a second student of the same architecture, but "
-                "the student's builder returned the same model twice: make it build "
-                "a new model on every call"
-            )
-        shapes = [tuple(w.shape) for w in live.weights]
-        if shapes != [tuple(w.shape) for w in copy.weights]:
-            raise UserError(
-                f"--student_ema: the student's builder gave {copy.name} with weights "
-                f"unlike {live.name}'s; make it build the same architecture every call"
-            )
+        check_copy(live, copy)
         self.model, self.decay = copy, float(decay)
         self.strategy = strategy or tf.distribute.get_strategy()
         self._pairs = [

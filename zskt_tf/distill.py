@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from zskt_tf import (
+    averaging,
     callable_module,
     checkpoints,
     datasets,
@@ -110,6 +111,10 @@ def check_inputs(
     # teacher and that its layers pair (the trainer pairs its own student's).
     probe = student_spec.build(loaded.image_shape, loaded.num_classes)
     players.check_student(probe, loaded)
+    if config.student_ema:  # the average is a second student
+        averaging.check_copy(
+            probe, student_spec.build(loaded.image_shape, loaded.num_classes)
+        )
     pairs = players.attention_pairs(
         loaded, probe, config.attention_pairs, config.beta, log=False
     )
