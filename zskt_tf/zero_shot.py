@@ -252,11 +252,10 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.agreement_z = tf.random.Generator.from_seed(
                 20_000 + self.config.seed
             ).normal([AGREEMENT_IMAGES, self.config.z_dim], dtype=self.z_dtype)
+            distinct = {id(n): n for n in (self.student_net, self.kept_net)}
             self._measures = {
-                id(network): tf.function(
-                    functools.partial(self._agreement_step, network)
-                )
-                for network in (self.student_net, self.kept_net)
+                key: tf.function(functools.partial(self._agreement_step, network))
+                for key, network in distinct.items()
             }
             self.teacher_accuracy = None
             return
