@@ -56,15 +56,18 @@ def _play(strategy, options: dict) -> dict:
         optimizers = [adversarial.adam(lr, 5.0, False) for lr in (2e-3, 1e-3)]
         optimizers[0].build(student.trainable_variables)
         optimizers[1].build(gen.trainable_variables)
-        copy = None
+        copy = refreshed = None
         if options.get("student_ema"):
-            copy = wide_resnet(10, 1, 10, (32, 32, 3), synchronized=synchronized)
+            copy, refreshed = (
+                wide_resnet(10, 1, 10, (32, 32, 3), synchronized=synchronized)
+                for _ in range(2)
+            )
     config = adversarial.GameConfig(student_steps=3, **options)
     average = None
     if config.student_ema:
         from zskt_tf.averaging import WeightAverage
 
-        average = WeightAverage(student, copy, config.student_ema, strategy)
+        average = WeightAverage(student, copy, config.student_ema, strategy, refreshed)
     step = adversarial.make_iteration_fn(
         teacher, student, gen, *optimizers, config, strategy
     )
@@ -84,10 +87,21 @@ def _play(strategy, options: dict) -> dict:
         if average:
             average.update()
         losses.append({tag: float(value) for tag, value in values.items()})
-    return {
-        "losses": losses,
-        "weights": _weights(student, gen, *([average.model] if average else [])),
-    }
+    kept = []
+    if average:  # the average's BatchNorm statistics, measured on generator images
+        from zskt_tf import distribution
+
+        def run(model):
+            forward = tf.function(
+                lambda z: model(gen(z, training=True), training=True)["logits"]
+            )
+            for _ in range(2):
+                z = tf.constant(rng.standard_normal((16, inputs)), tf.float32)
+                distribution.run_on_global_batch(strategy, forward, z)
+            return 2
+
+        kept = [average.model, average.kept(run)]
+    return {"losses": losses, "weights": _weights(student, gen, *kept)}
 
 
 def _teacher_steps(strategy) -> dict:

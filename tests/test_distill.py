@@ -6,6 +6,7 @@ import logging
 import shutil
 
 import h5py
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +19,7 @@ from tests.helpers import (
     weights_arrays,
     write_tiny_folder,
 )
-from zskt_tf import checkpoints, datasets, distill, model_io, runs
+from zskt_tf import checkpoints, datasets, distill, model_io, networks, runs
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import check_taps_match, wide_resnet
 
@@ -354,6 +355,56 @@ def _trained(config, data, iterations):
     return trainer, live
 
 
+def test_the_averages_batch_norm_statistics_are_the_mean_of_batch_statistics():
+    from zskt_tf.averaging import WeightAverage
+
+    def build():
+        return keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.BatchNormalization(momentum=0.8),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    live = build()
+    average = WeightAverage(live, build(), 0.5, refreshed=build())
+    batches = np.random.default_rng(0).normal(2.0, 3.0, (5, 16, 3)).astype("float32")
+
+    def run(model):
+        for batch in batches:
+            model(batch, training=True)
+        return len(batches)
+
+    kept = average.kept(run)
+    norm = kept.layers[0]
+    # 0.8^(n-k) weights, normalised: the mean of batch statistics, recent ones first.
+    weights = 0.2 * 0.8 ** np.arange(len(batches))[::-1]
+    weights /= weights.sum()
+    np.testing.assert_allclose(
+        norm.moving_mean.numpy(), weights @ batches.mean(1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        norm.moving_variance.numpy(), weights @ batches.var(1), rtol=1e-4
+    )
+    np.testing.assert_array_equal(
+        kept.layers[1].kernel.numpy(), live.layers[1].kernel.numpy()
+    )
+    # Measured once per state of the average, and again after it moves.
+    assert average.kept(lambda model: pytest.fail("measured twice")) is kept
+    average.update()
+    assert average.kept(run) is kept
+    # Without BatchNorm there is nothing to measure: the average is kept as it is.
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    plain = WeightAverage(
+        dense,
+        keras.models.clone_model(dense),
+        0.5,
+        refreshed=keras.models.clone_model(dense),
+    )
+    assert plain.kept(lambda model: pytest.fail("nothing to measure")) is plain.model
+
+
 def test_student_ema_averages_the_live_weights_and_leaves_training_alone(
     tmp_path, tiny
 ):
@@ -371,17 +422,32 @@ def test_student_ema_averages_the_live_weights_and_leaves_training_alone(
     expected = live[0]
     for weights in live[1:]:
         expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights, strict=True)]
-    average = trainer.kept_student.get_weights()
+    average = trainer.average.model.get_weights()
     assert len(average) == len(expected) > len(trainer.student.trainable_weights)
     for a, e in zip(average, expected, strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
     assert any(not np.allclose(a, w) for a, w in zip(average, live[-1], strict=True))
-    # Evaluations report the average (the kept student) and the live student.
+    # Evaluations report the kept student and the live student.
     values = trainer.evaluate(3)
     assert set(values) == {"test_accuracy", "test_accuracy_live"}
-    # ...the kept figure is the average's: with the live weights set to it, the
-    # live figure becomes what the average scored.
-    trainer.student.set_weights(average)
+    # The kept student is the average with its BatchNorm statistics measured anew:
+    # the average's trained weights, other statistics; the average is untouched.
+    kept = trainer.kept_student
+    assert kept is trainer.average.refreshed
+    for mine, theirs in zip(
+        kept.trainable_weights, trainer.average.model.trainable_weights, strict=True
+    ):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    for a, e in zip(trainer.average.model.get_weights(), average, strict=True):
+        np.testing.assert_array_equal(a, e)
+    ema_stats = {w.path: w.numpy() for w in trainer.average.model.weights}
+    for layer in networks.batch_norm_layers(kept).values():
+        measured = layer.moving_mean
+        assert not np.allclose(measured.numpy(), 0.0)
+        assert not np.allclose(measured.numpy(), ema_stats[measured.path])
+    # ...the kept figure is its: with the live weights set to it, the live figure
+    # becomes what it scored.
+    trainer.student.set_weights(kept.get_weights())
     assert trainer.evaluate(3)["test_accuracy_live"] == values["test_accuracy"]
     for decay in (1.0, -0.1):
         with pytest.raises(UserError, match=r"student_ema must be in \[0, 1\)"):

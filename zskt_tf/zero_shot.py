@@ -41,6 +41,9 @@ COLLAPSED_KL = 0.005
 # batches of at least AGREEMENT_BATCH (the generator normalises with batch statistics).
 AGREEMENT_IMAGES = 1024
 AGREEMENT_BATCH = 256
+# With --student_ema and BatchNorm, the batches of generator images on which the
+# averaged student's statistics are measured before it is evaluated or saved.
+BN_REFRESH_BATCHES = 16
 # With --student_ema, the history's key for the live student's figure beside the
 # average's (test_accuracy_live, agreement_live).
 LIVE = "_live"
@@ -149,7 +152,7 @@ class ZeroShotTrainer(run_loop.Trainer):
         # or with --student_ema the average of its weights.
         self.kept_net = self.student_net
         if self.average:
-            model = self.average.model
+            model = self.average.refreshed or self.average.model
             self.kept_net = (
                 model
                 if self.inputs.student.wrn
@@ -198,8 +201,34 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     @property
     def kept_student(self) -> keras.Model:
-        """The student the run keeps: the live one, or its average (--student_ema)."""
-        return self.average.model if self.average else self.student
+        """The student the run keeps: the live one, or its average (--student_ema;
+        with BatchNorm, its statistics measured for the averaged weights)."""
+        if not self.average:
+            return self.student
+        return self.average.kept(self._run_refresh_batches)
+
+    def _run_refresh_batches(self, model) -> int:
+        """Runs model in training mode on BN_REFRESH_BATCHES batches of the
+        generator's images (fixed noise, split over the replicas as in training), so
+        that its BatchNorm layers measure their statistics (collective)."""
+        if self._refresh_step is None:
+
+            def forward(z):
+                model(self.game.images(z), training=True)
+                return tf.zeros([tf.shape(z)[0]])
+
+            self._refresh_step = tf.function(forward)
+            self._refresh_z = tf.random.Generator.from_seed(
+                30_000 + self.config.seed
+            ).normal(
+                [BN_REFRESH_BATCHES * self.config.batch_size, self.config.z_dim],
+                dtype=self.z_dtype,
+            )
+        batch = self.config.batch_size
+        for start in range(0, BN_REFRESH_BATCHES * batch, batch):
+            z = self.game.generator_input(self._refresh_z[start : start + batch])
+            distribution.run_on_global_batch(self.strategy, self._refresh_step, z)
+        return BN_REFRESH_BATCHES
 
     @property
     def z_dtype(self):
@@ -230,13 +259,16 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.student_optimizer.build(self.student.trainable_variables)
             self.generator_optimizer.build(self.generator.trainable_variables)
             # Built last, so the student and generator draw what they always have.
-            self.average = None
+            self.average, self._refresh_step = None, None
             if config.student_ema:
-                copy = self.inputs.student.build(
-                    self.info.image_shape, self.info.num_classes, synchronized
+                copy, refreshed = (
+                    self.inputs.student.build(
+                        self.info.image_shape, self.info.num_classes, synchronized
+                    )
+                    for _ in range(2)
                 )
                 self.average = averaging.WeightAverage(
-                    self.student, copy, config.student_ema, self.strategy
+                    self.student, copy, config.student_ema, self.strategy, refreshed
                 )
 
     def _set_up_evaluation(self, teacher_net) -> None:
@@ -328,6 +360,8 @@ class ZeroShotTrainer(run_loop.Trainer):
 
     def evaluate(self, step: int) -> dict:
         del step
+        if self.average:  # its BatchNorm statistics measured anew if it moved
+            self.average.kept(self._run_refresh_batches)
         values = {self.metric: self._measure(self.kept_net)}
         if self.average:
             values[self.metric + LIVE] = self._measure(self.student_net)
@@ -396,10 +430,11 @@ class ZeroShotTrainer(run_loop.Trainer):
         """The student and generator as they are now, and the PNGs: at the end, and
         at every stop, so that a run worked in chunks can be used between them."""
         samples = self.pseudo_samples()  # collective: every process takes part
+        kept = self.kept_student  # collective too (--student_ema's refresh)
         if not self.chief:
             return
         model_io.save_network(
-            self.kept_student if self.inputs.student.wrn else self.kept_net,
+            kept if self.inputs.student.wrn else self.kept_net,
             self.output_dir,
             model_io.STUDENT_WEIGHTS,
         )
