@@ -330,7 +330,8 @@ class GameConfig:
         0.0,
         "Beyond the paper. Keep an exponential moving average of the student's "
         "weights with this decay per iteration (e.g. 0.99, Polyak averaging); it is "
-        "the run's student (evaluated, saved, exported), and evaluations also report "
+        "the run's student (evaluated, saved, exported; BatchNorm statistics "
+        "measured anew for it on generator images), and evaluations also report "
         "the live student's; 0 = off.",
     )
 
