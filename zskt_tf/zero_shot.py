@@ -211,24 +211,27 @@ class ZeroShotTrainer(run_loop.Trainer):
         """Runs model in training mode on BN_REFRESH_BATCHES batches of the
         generator's images (fixed noise, split over the replicas as in training), so
         that its BatchNorm layers measure their statistics (collective)."""
-        if self._refresh_step is None:
-
-            def forward(z):
-                model(self.game.images(z), training=True)
-                return tf.zeros([tf.shape(z)[0]])
-
-            self._refresh_step = tf.function(forward)
+        if self._refresh_z is None:
             self._refresh_z = tf.random.Generator.from_seed(
                 30_000 + self.config.seed
             ).normal(
                 [BN_REFRESH_BATCHES * self.config.batch_size, self.config.z_dim],
                 dtype=self.z_dtype,
             )
+        if id(model) not in self._refresh_steps:
+            self._refresh_steps[id(model)] = tf.function(
+                functools.partial(self._refresh_forward, model)
+            )
+        step = self._refresh_steps[id(model)]
         batch = self.config.batch_size
         for start in range(0, BN_REFRESH_BATCHES * batch, batch):
             z = self.game.generator_input(self._refresh_z[start : start + batch])
-            distribution.run_on_global_batch(self.strategy, self._refresh_step, z)
+            distribution.run_on_global_batch(self.strategy, step, z)
         return BN_REFRESH_BATCHES
+
+    def _refresh_forward(self, model, z):
+        model(self.game.images(z), training=True)  # BatchNorm updates its statistics
+        return tf.zeros([tf.shape(z)[0]])
 
     @property
     def z_dtype(self):
@@ -259,7 +262,7 @@ class ZeroShotTrainer(run_loop.Trainer):
             self.student_optimizer.build(self.student.trainable_variables)
             self.generator_optimizer.build(self.generator.trainable_variables)
             # Built last, so the student and generator draw what they always have.
-            self.average, self._refresh_step = None, None
+            self.average, self._refresh_z, self._refresh_steps = None, None, {}
             if config.student_ema:
                 copy, refreshed = (
                     self.inputs.student.build(
