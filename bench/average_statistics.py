@@ -19,6 +19,13 @@ from absl import app, flags
 flags.DEFINE_string("run", None, "A seed directory of a --student_ema run.")
 flags.DEFINE_integer("checkpoint", None, "Its checkpoint's iteration (default: last).")
 flags.DEFINE_string("data_dir", None, "Local files of the run's dataset, if moved.")
+flags.DEFINE_enum(
+    "statistics_from",
+    "generator",
+    ["generator", "pool"],
+    "Measure the statistics on fresh generator images (what zskt_tf does) or on "
+    "batches of the run's replay pool, augmented and mixed as its student steps are.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -49,6 +56,10 @@ def main(argv):
     tf.train.Checkpoint(**trainer.checkpointables()).restore(
         str(prefix)
     ).expect_partial()
+    if FLAGS.statistics_from == "pool":
+        if trainer.pool is None:
+            raise app.UsageError(f"{run} has no replay pool")
+        trainer._run_refresh_batches = lambda model: _pool_batches(trainer, model)
     average = trainer.average
     averaged_stats = average.model.get_weights()
     refreshed = trainer.evaluate(0)  # measures the statistics anew first
@@ -64,6 +75,7 @@ def main(argv):
         json.dumps(
             {
                 "run": str(run),
+                "statistics_from": FLAGS.statistics_from,
                 "checkpoint": prefix.name,
                 "live": refreshed[trainer.metric + "_live"],
                 "average, averaged statistics": as_averaged,
@@ -72,6 +84,25 @@ def main(argv):
             }
         )
     )
+
+
+def _pool_batches(trainer, model, batches=16) -> int:
+    """Runs model in training mode on pool batches made as the student's pool steps
+    make them (crop+flip, then the run's mix); one device."""
+    import tensorflow as tf
+
+    from zskt_tf import pipelines
+
+    config = trainer.config
+    step = tf.function(lambda images: model(images, training=True))
+    for index in range(batches):
+        seed = tf.constant([4_000_000_000 + index, 0], tf.int64)
+        images = trainer.pool.sample(config.batch_size, seed)
+        images = pipelines.augment_batch(tf.cast(images, tf.float32), seed + 2)
+        if config.replay_mix != "none":
+            images = pipelines.mix_batch(images, seed + 1, config.replay_mix)
+        step(images)
+    return batches
 
 
 if __name__ == "__main__":
