@@ -1,7 +1,8 @@
 """The weight average of a zero-shot run (--student_ema) at one of its checkpoints,
-evaluated three ways on the run's test set: the live student, the average with the
+evaluated four ways on the run's test set: the live student, the average with the
 BatchNorm statistics it averaged, the average with its statistics measured anew on
-the generator's images (what zskt_tf keeps since the refresh was added), and the live
+the generator's images (what zskt_tf keeps since the refresh was added; with
+--statistics_from=pool, on the replay pool's batches instead), and the live
 weights with statistics measured in the same way.
 
 Runs that predate the refresh saved and reported the second; this measures what
@@ -91,17 +92,11 @@ def _pool_batches(trainer, model, batches=16) -> int:
     make them (crop+flip, then the run's mix); one device."""
     import tensorflow as tf
 
-    from zskt_tf import pipelines
-
-    config = trainer.config
     step = tf.function(lambda images: model(images, training=True))
+    key = tf.constant(4_000_000_000, tf.int64)  # a multiple of 4, as the run's keys
     for index in range(batches):
-        seed = tf.constant([4_000_000_000 + index, 0], tf.int64)
-        images = trainer.pool.sample(config.batch_size, seed)
-        images = pipelines.augment_batch(tf.cast(images, tf.float32), seed + 2)
-        if config.replay_mix != "none":
-            images = pipelines.mix_batch(images, seed + 1, config.replay_mix)
-        step(images)
+        index = tf.constant(index, tf.int64)
+        step(trainer.game.pool_batch(trainer.config.batch_size, tf.float32, key, index))
     return batches
 
 

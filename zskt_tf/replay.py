@@ -98,6 +98,20 @@ class ReplayGame(AdversarialGame):
         self.pool, self.seed = pool, seed
         super().__init__(*args, **kwargs)
 
+    def pool_batch(self, batch_size, dtype, key, step):
+        """A global batch as the pool steps train on: drawn from the pool with seed
+        [key, step], cropped and flipped with [key + 2, step], then mixed
+        (--replay_mix) with [key + 1, step]."""
+        images = self.pool.sample(batch_size, tf.stack([key, step]))
+        images = pipelines.augment_batch(
+            tf.cast(images, dtype), tf.stack([key + 2, step])
+        )
+        if self.config.replay_mix != "none":
+            images = pipelines.mix_batch(
+                images, tf.stack([key + 1, step]), self.config.replay_mix
+            )
+        return images
+
     def _after_student_steps(self, iteration, pseudo, batch_size, dtype) -> dict:
         strategy = self.strategy
         batch = distribution.gather(strategy, pseudo)
@@ -110,14 +124,7 @@ class ReplayGame(AdversarialGame):
         temperature = self.config.replay_temperature
         temperature = None if temperature == 1.0 else temperature
         for step in tf.range(self.config.replay_steps, dtype=tf.int64):
-            images = self.pool.sample(batch_size, tf.stack([key, step]))
-            images = pipelines.augment_batch(
-                tf.cast(images, batch.dtype), tf.stack([key + 2, step])
-            )
-            if self.config.replay_mix != "none":
-                images = pipelines.mix_batch(
-                    images, tf.stack([key + 1, step]), self.config.replay_mix
-                )
+            images = self.pool_batch(batch_size, batch.dtype, key, step)
             images = distribution.split_global_batch(strategy, images)
             targets, taps = strategy.run(self.teacher_targets, args=(images,))
             per_replica = strategy.run(
