@@ -80,11 +80,15 @@ class WeightAverage:
         self._step = tf.function(self._move)
         with self.strategy.scope():
             self._step(0.0)  # decay 0: the copy starts as the live weights
-        self.refreshed, self._norms = None, []
-        if refreshed is not None and networks.batch_norm_layers(refreshed):
+        self.refreshed = None
+        self._norms = (
+            list(networks.batch_norm_layers(refreshed).values())
+            if refreshed is not None
+            else []
+        )
+        if self._norms:
             check_copy(copy, refreshed)
             self.refreshed = refreshed
-            self._norms = list(networks.batch_norm_layers(refreshed).values())
             self._start = tf.function(self._start_refresh)
             self._end = tf.function(self._end_refresh)
         self._current = False  # the refreshed model is the present average's
