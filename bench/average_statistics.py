@@ -1,9 +1,9 @@
 """The weight average of a zero-shot run (--student_ema) at one of its checkpoints,
 evaluated four ways on the run's test set: the live student, the average with the
 BatchNorm statistics it averaged, the average with its statistics measured anew on
-the generator's images (what zskt_tf keeps since the refresh was added; with
---statistics_from=pool, on the replay pool's batches instead), and the live
-weights with statistics measured in the same way.
+the replay pool's batches when the run has a pool, else on the generator's images
+(what zskt_tf keeps; --statistics_from chooses one), and the live weights with
+statistics measured in the same way.
 
 Runs that predate the refresh saved and reported the second; this measures what
 the refresh changes on their own checkpoints, without training.
@@ -22,10 +22,11 @@ flags.DEFINE_integer("checkpoint", None, "Its checkpoint's iteration (default: l
 flags.DEFINE_string("data_dir", None, "Local files of the run's dataset, if moved.")
 flags.DEFINE_enum(
     "statistics_from",
-    "generator",
+    None,
     ["generator", "pool"],
-    "Measure the statistics on fresh generator images (what zskt_tf does) or on "
-    "batches of the run's replay pool, augmented and mixed as its student steps are.",
+    "Measure the statistics on fresh generator images or on batches of the run's "
+    "replay pool, augmented and mixed as its student steps are (default: as "
+    "zskt_tf does, the pool when the run has one).",
 )
 FLAGS = flags.FLAGS
 
@@ -57,10 +58,9 @@ def main(argv):
     tf.train.Checkpoint(**trainer.checkpointables()).restore(
         str(prefix)
     ).expect_partial()
-    if FLAGS.statistics_from == "pool":
-        if trainer.pool is None:
-            raise app.UsageError(f"{run} has no replay pool")
-        trainer._run_refresh_batches = lambda model: _pool_batches(trainer, model)
+    if FLAGS.statistics_from == "pool" and trainer.pool is None:
+        raise app.UsageError(f"{run} has no replay pool")
+    trainer.refresh_from = FLAGS.statistics_from or trainer.refresh_from
     average = trainer.average
     averaged_stats = average.model.get_weights()
     refreshed = trainer.evaluate(0)  # measures the statistics anew first
@@ -76,7 +76,7 @@ def main(argv):
         json.dumps(
             {
                 "run": str(run),
-                "statistics_from": FLAGS.statistics_from,
+                "statistics_from": trainer.refresh_from,
                 "checkpoint": prefix.name,
                 "live": refreshed[trainer.metric + "_live"],
                 "average, averaged statistics": as_averaged,
@@ -85,19 +85,6 @@ def main(argv):
             }
         )
     )
-
-
-def _pool_batches(trainer, model, batches=16) -> int:
-    """Runs model in training mode on pool batches made as the student's pool steps
-    make them (crop+flip, then the run's mix); one device."""
-    import tensorflow as tf
-
-    step = tf.function(lambda images: model(images, training=True))
-    key = tf.constant(4_000_000_000, tf.int64)  # a multiple of 4, as the run's keys
-    for index in range(batches):
-        index = tf.constant(index, tf.int64)
-        step(trainer.game.pool_batch(trainer.config.batch_size, tf.float32, key, index))
-    return batches
 
 
 if __name__ == "__main__":

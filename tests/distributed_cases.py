@@ -88,14 +88,23 @@ def _play(strategy, options: dict) -> dict:
             average.update()
         losses.append({tag: float(value) for tag, value in values.items()})
     kept = []
-    if average:  # the average's BatchNorm statistics, measured on generator images
+    if average:
+        # The average's BatchNorm statistics, measured on a batch of generator
+        # images and (with a pool) a batch of the pool's, as the trainer draws it.
         from zskt_tf import distribution
 
         def run(model):
             forward = tf.function(
                 lambda z: model(gen(z, training=True), training=True)["logits"]
             )
-            for _ in range(2):
+            on_images = tf.function(lambda x: model(x, training=True)["logits"])
+            key = tf.constant(-4, tf.int64)
+            for index in range(2):
+                if config.replay_size and index:
+                    index = tf.constant(index, tf.int64)
+                    images = game.pool_batch(16, tf.float32, key, index)
+                    distribution.run_on_global_batch(strategy, on_images, images)
+                    continue
                 z = tf.constant(rng.standard_normal((16, inputs)), tf.float32)
                 distribution.run_on_global_batch(strategy, forward, z)
             return 2

@@ -95,6 +95,66 @@ def test_a_replay_run_resumes_exactly(tiny, tmp_path):
         dataclasses.replace(config, replay_size=4).validate()
 
 
+def test_the_average_measures_its_statistics_on_pool_batches(tiny, tmp_path):
+    from zskt_tf import networks
+    from zskt_tf.zero_shot import BN_REFRESH_BATCHES, REFRESH_KEY, ZeroShotTrainer
+
+    _, data, _ = tiny
+    config = tiny_distill_config(
+        tiny,
+        tmp_path / "run",
+        student_steps=1,
+        replay_size=20,
+        replay_steps=1,
+        replay_mix="cutmix",
+        student_ema=0.5,
+        seed=2,
+    )
+
+    def trained():  # two iterations; the same every time
+        trainer = ZeroShotTrainer(config, distill.check_inputs(config, data))
+        for step, z in enumerate(trainer.batches(0, 2)):
+            trainer.train_step(z, step)
+        return trainer
+
+    def statistics(model):
+        return [
+            (layer.moving_mean.numpy(), layer.moving_variance.numpy())
+            for layer in networks.batch_norm_layers(model).values()
+        ]
+
+    trainer = trained()
+    assert trainer.refresh_from == "pool"
+    pool_before = trainer.pool.images.numpy()
+    measured = statistics(trainer.kept_student)
+    # The same figures from the pool steps' own batches (crop+flip and cutmix
+    # included), keyed by the refresh key, on a second run of the same iterations.
+    other_run = trained()
+    key = tf.constant(REFRESH_KEY - 4 * config.seed, tf.int64)
+
+    def on_pool(model):
+        for index in range(BN_REFRESH_BATCHES):
+            batch = other_run.game.pool_batch(
+                config.batch_size, tf.float32, key, tf.constant(index, tf.int64)
+            )
+            model(batch, training=True)
+        return BN_REFRESH_BATCHES
+
+    expected = statistics(other_run.average.kept(on_pool))
+    for (mean, var), (mean2, var2) in zip(measured, expected, strict=True):
+        np.testing.assert_allclose(mean, mean2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, var2, rtol=1e-5, atol=1e-6)
+    # On the generator's images the statistics differ; the pool is left as it was.
+    generator_run = trained()
+    generator_run.refresh_from = "generator"
+    other = statistics(generator_run.kept_student)
+    assert not np.allclose(other[0][0], measured[0][0])
+    np.testing.assert_array_equal(trainer.pool.images.numpy(), pool_before)
+    # An empty pool has nothing to draw: the generator's images are used.
+    fresh = ZeroShotTrainer(config, distill.check_inputs(config, data))
+    assert len(statistics(fresh.kept_student)) == len(measured)
+
+
 def test_class_prior_mask_and_weight_against_numpy(tiny):
     _, _, teacher_dir = tiny
     frozen = model_io.load_teacher(teacher_dir)

@@ -123,6 +123,12 @@ class WeightAverage:
             layer.moving_mean.assign(layer.moving_mean * scale)
             layer.moving_variance.assign(layer.moving_variance * scale)
 
+    @property
+    def holder(self) -> keras.Model:
+        """The model that kept() returns: the refreshed copy with BatchNorm, else
+        the average itself."""
+        return self.model if self.refreshed is None else self.refreshed
+
     def kept(self, run_batches: Callable[[keras.Model], int]) -> keras.Model:
         """The model to evaluate, save and return: the average, or with BatchNorm
         the refreshed copy of it, measured anew if the average moved since.
@@ -131,13 +137,11 @@ class WeightAverage:
             run_batches: runs the given model in training mode on the batches its
                 statistics are measured on and returns how many (at least 1).
         """
-        if self.refreshed is None:
-            return self.model
-        if not self._current:
+        if self.refreshed is not None and not self._current:
             with self.strategy.scope():
                 self._start()
             batches = run_batches(self.refreshed)
             with self.strategy.scope():
                 self._end(batches)
             self._current = True
-        return self.refreshed
+        return self.holder

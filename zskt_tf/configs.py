@@ -331,8 +331,9 @@ class GameConfig:
         "Beyond the paper. Keep an exponential moving average of the student's "
         "weights with this decay per iteration (e.g. 0.99, Polyak averaging); it is "
         "the run's student (evaluated, saved, exported; BatchNorm statistics "
-        "measured anew for it on generator images), and evaluations also report "
-        "the live student's; 0 = off.",
+        "measured anew for it on replay-pool batches, or without a pool on "
+        "generator images), and evaluations also report the live student's; "
+        "0 = off.",
     )
 
     def metric_tags(self) -> tuple[str, ...]:

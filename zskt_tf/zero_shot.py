@@ -41,9 +41,13 @@ COLLAPSED_KL = 0.005
 # batches of at least AGREEMENT_BATCH (the generator normalises with batch statistics).
 AGREEMENT_IMAGES = 1024
 AGREEMENT_BATCH = 256
-# With --student_ema and BatchNorm, the batches of generator images on which the
-# averaged student's statistics are measured before it is evaluated or saved.
+# With --student_ema and BatchNorm, the batches on which the averaged student's
+# statistics are measured before it is evaluated or saved: with a replay pool, pool
+# batches made as the pool steps make them (their seeds keyed by a negative key,
+# REFRESH_KEY - 4 * seed, which no training draw uses: those keys are >= 0), else
+# the generator's images from fixed noise.
 BN_REFRESH_BATCHES = 16
+REFRESH_KEY = -4
 # With --student_ema, the history's key for the live student's figure beside the
 # average's (test_accuracy_live, agreement_live).
 LIVE = "_live"
@@ -152,7 +156,7 @@ class ZeroShotTrainer(run_loop.Trainer):
         # or with --student_ema the average of its weights.
         self.kept_net = self.student_net
         if self.average:
-            model = self.average.refreshed or self.average.model
+            model = self.average.holder
             self.kept_net = (
                 model
                 if self.inputs.student.wrn
@@ -196,6 +200,8 @@ class ZeroShotTrainer(run_loop.Trainer):
         else:
             self.game = adversarial.AdversarialGame(*game_args)
         self.iteration_fn = self.game.iteration
+        # Where the average's BatchNorm statistics are measured (--student_ema).
+        self.refresh_from = "pool" if self.pool else "generator"
         self._set_up_evaluation(teacher_net)
         self.early_check = EarlyCollapseCheck()
 
@@ -208,30 +214,44 @@ class ZeroShotTrainer(run_loop.Trainer):
         return self.average.kept(self._run_refresh_batches)
 
     def _run_refresh_batches(self, model) -> int:
-        """Runs model in training mode on BN_REFRESH_BATCHES batches of the
-        generator's images (fixed noise, split over the replicas as in training), so
-        that its BatchNorm layers measure their statistics (collective)."""
+        """Runs model in training mode on BN_REFRESH_BATCHES global batches, split
+        over the replicas as in training, so that its BatchNorm layers measure their
+        statistics (collective). With a replay pool (refresh_from "pool") the
+        batches are the pool's, drawn, cropped, flipped and mixed as the pool steps
+        do (the student trains mostly on those); else (refresh_from "generator")
+        the generator's images for fixed noise."""
+        # An empty pool (nothing trained yet) has nothing to draw.
+        from_pool = self.refresh_from == "pool" and int(self.pool.count) > 0
+        if (id(model), from_pool) not in self._refresh_steps:
+            self._refresh_steps[id(model), from_pool] = tf.function(
+                functools.partial(self._refresh_forward, model, from_pool)
+            )
+        step = self._refresh_steps[id(model), from_pool]
+        batch = self.config.batch_size
+        if from_pool:
+            key = tf.constant(REFRESH_KEY - 4 * self.config.seed, tf.int64)
+            dtype = tf.as_dtype(self.generator.outputs[0].dtype)
+            for index in range(BN_REFRESH_BATCHES):
+                images = self.game.pool_batch(
+                    batch, dtype, key, tf.constant(index, tf.int64)
+                )
+                distribution.run_on_global_batch(self.strategy, step, images)
+            return BN_REFRESH_BATCHES
         if self._refresh_z is None:
             self._refresh_z = tf.random.Generator.from_seed(
                 30_000 + self.config.seed
             ).normal(
-                [BN_REFRESH_BATCHES * self.config.batch_size, self.config.z_dim],
-                dtype=self.z_dtype,
+                [BN_REFRESH_BATCHES * batch, self.config.z_dim], dtype=self.z_dtype
             )
-        if id(model) not in self._refresh_steps:
-            self._refresh_steps[id(model)] = tf.function(
-                functools.partial(self._refresh_forward, model)
-            )
-        step = self._refresh_steps[id(model)]
-        batch = self.config.batch_size
         for start in range(0, BN_REFRESH_BATCHES * batch, batch):
             z = self.game.generator_input(self._refresh_z[start : start + batch])
             distribution.run_on_global_batch(self.strategy, step, z)
         return BN_REFRESH_BATCHES
 
-    def _refresh_forward(self, model, z):
-        model(self.game.images(z), training=True)  # BatchNorm updates its statistics
-        return tf.zeros([tf.shape(z)[0]])
+    def _refresh_forward(self, model, from_pool, inputs):
+        images = inputs if from_pool else self.game.images(inputs)
+        model(images, training=True)  # BatchNorm updates its statistics
+        return tf.zeros([tf.shape(inputs)[0]])
 
     @property
     def z_dtype(self):
