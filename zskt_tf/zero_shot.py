@@ -202,6 +202,13 @@ class ZeroShotTrainer(run_loop.Trainer):
         self.iteration_fn = self.game.iteration
         # Where the average's BatchNorm statistics are measured (--student_ema).
         self.refresh_from = "pool" if self.pool else "generator"
+        if self.average and self.average.refreshed is not None:
+            logging.info(
+                "--student_ema: the average's BatchNorm statistics are measured "
+                "anew on %d batches of %s before each evaluation and save",
+                BN_REFRESH_BATCHES,
+                "the replay pool" if self.pool else "the generator's images",
+            )
         self._set_up_evaluation(teacher_net)
         self.early_check = EarlyCollapseCheck()
 
