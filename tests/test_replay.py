@@ -150,9 +150,11 @@ def test_the_average_measures_its_statistics_on_pool_batches(tiny, tmp_path):
     other = statistics(generator_run.kept_student)
     assert not np.allclose(other[0][0], measured[0][0])
     np.testing.assert_array_equal(trainer.pool.images.numpy(), pool_before)
-    # An empty pool has nothing to draw: the generator's images are used.
+    # An empty pool has nothing to draw (a draw from it fails): before the first
+    # iteration the generator's images are measured instead.
     fresh = ZeroShotTrainer(config, distill.check_inputs(config, data))
-    assert len(statistics(fresh.kept_student)) == len(measured)
+    first = statistics(fresh.kept_student)
+    assert len(first) == len(measured) and not np.allclose(first[0][0], 0.0)
 
 
 def test_class_prior_mask_and_weight_against_numpy(tiny):
