@@ -452,3 +452,24 @@ def test_student_ema_averages_the_live_weights_and_leaves_training_alone(
     for decay in (1.0, -0.1):
         with pytest.raises(UserError, match=r"student_ema must be in \[0, 1\)"):
             dataclasses.replace(plain, student_ema=decay).validate()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5])
+def test_a_seed_out_of_range_is_one_line_before_anything_is_written(
+    tiny, tmp_path, seed
+):
+    from zskt_tf import configs
+
+    config = _seeds_config(tiny, tmp_path, "bad_seed")
+    # NumPy's global seeding (keras.utils.set_random_seed) takes [0, 2**32) only.
+    pattern = rf"each of --seeds must be an integer in \[0, 2\*\*32\), got {seed!r}"
+    with pytest.raises(UserError, match=pattern):
+        distill.distill(config, seeds=(0, seed))
+    assert not (tmp_path / "bad_seed").exists()
+    with pytest.raises(UserError, match=r"^seed must be an integer in \[0, 2\*\*32\)"):
+        dataclasses.replace(config, seed=seed).validate()
+    teacher = configs.TeacherConfig(output_dir=str(tmp_path / "teacher"), seed=seed)
+    with pytest.raises(UserError, match=r"^seed must be an integer"):
+        teacher.validate()
+    for edge in (0, 2**32 - 1):  # the range's edges pass
+        dataclasses.replace(config, seed=edge).validate()

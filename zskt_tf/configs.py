@@ -48,6 +48,13 @@ def positive(name: str, value) -> None:
         raise UserError(f"{name} must be positive, got {value}")
 
 
+def check_seed(seed, name: str = "seed") -> None:
+    """Raises a one-line UserError unless seed is an integer in [0, 2**32), the
+    range keras.utils.set_random_seed (NumPy's global seeding) takes."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -133,6 +140,11 @@ class RunOptions:
         "When checkpoints exist but none reads back whole (they are moved to "
         "checkpoints/damaged/), start the run again from the beginning.",
     )
+
+    def validate(self) -> None:
+        # Every run's config has a seed (TeacherConfig, FewShotConfig, DistillConfig).
+        check_seed(self.seed)
+        super().validate()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ from zskt_tf import (
     run_loop,
     runs,
 )
-from zskt_tf.configs import DistillConfig
+from zskt_tf.configs import DistillConfig, check_seed
 from zskt_tf.errors import UserError
 from zskt_tf.training import check_accelerator_options, mixed_precision_scope
 from zskt_tf.zero_shot import (  # noqa: F401 (part of this module's interface)
@@ -286,6 +286,8 @@ def distill(
     """
     if not seeds:
         raise UserError("give at least one seed")
+    for seed in seeds:
+        check_seed(seed, "each of --seeds")
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribution.is_chief(strategy)
     # Everything is checked before output_dir is created.
