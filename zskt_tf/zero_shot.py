@@ -207,7 +207,9 @@ class ZeroShotTrainer(run_loop.Trainer):
                 "--student_ema: the average's BatchNorm statistics are measured "
                 "anew on %d batches of %s before each evaluation and save",
                 BN_REFRESH_BATCHES,
-                "the replay pool" if self.pool else "the generator's images",
+                {"pool": "the replay pool", "generator": "the generator's images"}[
+                    self.refresh_from
+                ],
             )
         self._set_up_evaluation(teacher_net)
         self.early_check = EarlyCollapseCheck()
