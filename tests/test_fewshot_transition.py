@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import run_program, tiny_teacher
+from tests.helpers import run_program, tiny_teacher, user_error
 from zskt_tf import datasets, fewshot, losses, model_io, transition
 from zskt_tf.errors import UserError
 from zskt_tf.wide_resnet import wide_resnet
@@ -136,7 +136,7 @@ def test_transition_bad_input(tiny):
     _, data, teacher_dir = tiny
     net = model_io.load_teacher(teacher_dir)
 
-    def curves(net_a, net_b, n_images=2):
+    def curves(net_a, net_b, n_images=2, seed=0):
         return transition.transition_curves(
             net_a,
             net_b,
@@ -145,6 +145,7 @@ def test_transition_bad_input(tiny):
             data.info,
             n_images=n_images,
             steps=2,
+            seed=seed,
         )
 
     with pytest.raises(UserError, match=r"only \d+ of 36 test images .*500 needed"):
@@ -157,6 +158,8 @@ def test_transition_bad_input(tiny):
     four = wide_resnet(10, 1, 4, (16, 16, 3))
     with pytest.raises(UserError, match="different class counts: 3 vs 4"):
         curves(net, four)
+    with pytest.raises(UserError, match=r"seed must be .*\[0, 2\*\*32\), got -1"):
+        curves(net, net, seed=-1)
 
 
 def test_transition_cli_writes_curves_results_and_plot(tmp_path, tiny):
@@ -179,3 +182,13 @@ def test_transition_cli_writes_curves_results_and_plot(tmp_path, tiny):
         assert curves["p_a"].shape == (4, 2, 3)
     png = (out / "transition.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    refused = tmp_path / "refused"
+    stderr = user_error(
+        "zskt-tf-transition",
+        f"--net_a={teacher_dir}",
+        f"--net_b={teacher_dir}",
+        "--seed=-1",
+        f"--output_dir={refused}",
+    )
+    assert "--seed must be an integer in [0, 2**32), got -1" in stderr
+    assert not refused.exists()

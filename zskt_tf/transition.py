@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from zskt_tf import networks, pipelines, plots
+from zskt_tf.configs import check_seed
 from zskt_tf.errors import UserError
 
 
@@ -141,6 +142,7 @@ def transition_curves(
     Returns:
         {"p_a", "p_b": (n, C-1, K) arrays, "labels", "targets", "mte"}.
     """
+    check_seed(seed)
     classes_a, classes_b = networks.class_count(net_a), networks.class_count(net_b)
     if classes_a != classes_b:
         raise UserError(
