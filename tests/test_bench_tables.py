@@ -67,3 +67,85 @@ def test_table_rows_are_seed_means_ranges_and_collapse_counts(table):
 def test_curves_are_drawn(table):
     _, picture = table
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _seed_run(directory, accuracies, finished=True):
+    """A zskt-tf-distill seed directory: history.json every 100 iterations, and
+    results.json once the run has finished."""
+    directory.mkdir(parents=True)
+    entries = [
+        {"iteration": 100 * i, "test_accuracy": a} for i, a in enumerate(accuracies)
+    ]
+    (directory / "history.json").write_text(json.dumps(entries))
+    if finished:
+        (directory / "results.json").write_text(json.dumps({"test_accuracy": 0}))
+
+
+def _paired(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "paired_seeds.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def test_paired_seeds_reproduces_the_recorded_nine_seed_statistics(tmp_path):
+    # docs/RESULTS.md, the TV prior on Fashion-MNIST over nine seeds in three
+    # sessions: mean +4.22, standard error 1.20, t 3.52 on 8 df, p 0.008, Wilcoxon
+    # 0.016. Seeds 0-4 and 5-8 of B live in two directories, as sessions leave them.
+    changes = [7.27, -3.94, 6.51, 5.79, 5.44, 0.81, 5.98, 6.17, 3.94]
+    for seed, change in enumerate(changes):
+        _seed_run(tmp_path / "a" / f"seed_{seed}", [0.1, 0.70])
+        session = "b1" if seed < 5 else "b2"
+        _seed_run(tmp_path / session / f"seed_{seed}", [0.1, (70 + change) / 100])
+    _seed_run(tmp_path / "a" / "seed_9", [0.1, 0.5], finished=False)
+    result = _paired(
+        f"--a={tmp_path / 'a'}", f"--b={tmp_path / 'b1'},{tmp_path / 'b2'}"
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "| 1 | 70.00 | 66.06 | -3.94 |" in out
+    assert "| mean (range) | 70.00 (70.00-70.00) | 74.22 (66.06-77.27) | +4.22 |" in out
+    assert (
+        "B ahead on 8 of 9 seeds; mean change +4.22, standard error 1.20, paired t "
+        "3.52 on 8 df (p = 0.008 two-sided); Wilcoxon signed-rank p = 0.016"
+    ) in out
+    assert "left out of A (not finished or not evaluated there): [9]" in out
+    # --at takes the evaluation at that iteration, finished or not.
+    early = _paired(f"--a={tmp_path / 'a'}", f"--b={tmp_path / 'b1'}", "--at=0")
+    assert "| mean (range) | 10.00 (10.00-10.00) | 10.00 (10.00-10.00) | +0.00 |" in (
+        early.stdout
+    )
+    assert "unpaired seeds, left out: [5, 6, 7, 8, 9]" in early.stdout
+
+
+def test_paired_seeds_p_values_meet_the_tables():
+    # The two-sided 5% points of Student's t (1, 5 and 8 df) and the smallest exact
+    # signed-rank p for 5 pairs (all up: 2 / 2**5).
+    script = (
+        "from bench.paired_seeds import t_two_sided_p, signed_rank_p\n"
+        "print([round(t_two_sided_p(t, df), 4) for t, df in "
+        "((12.706, 1), (2.571, 5), (2.306, 8), (0.0, 3))])\n"
+        "print(signed_rank_p([1, 2, 3, 4, 5]), signed_rank_p([1, -1, 2, -2]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.stdout.split("\n")[:2] == ["[0.05, 0.05, 0.05, 1.0]", "0.0625 1.0"], (
+        out.stderr
+    )
+
+
+def test_paired_seeds_refuses_what_it_cannot_pair(tmp_path):
+    _seed_run(tmp_path / "a" / "seed_0", [0.1, 0.7])
+    _seed_run(tmp_path / "b" / "seed_1", [0.1, 0.7])
+    (tmp_path / "empty").mkdir()
+    no_common = _paired(f"--a={tmp_path / 'a'}", f"--b={tmp_path / 'b'}")
+    assert no_common.returncode == 1
+    assert no_common.stderr.strip() == "error: the two settings have no seed in common"
+    empty = _paired(f"--a={tmp_path / 'a'}", f"--b={tmp_path / 'empty'}")
+    assert (
+        empty.stderr.strip()
+        == f"error: {tmp_path / 'empty'} has no seed_<s> run directories"
+    )
