@@ -17,7 +17,6 @@ Usage:
       --b=runs/fx5/r10_n500_tv0.3_glr1e-4 [--at=400] [--metric=test_accuracy]
 """
 
-import itertools
 import json
 import math
 import pathlib
@@ -46,7 +45,10 @@ def seed_figures(directories, metric: str, at: int | None) -> tuple[dict, list]:
         if not runs:
             raise Missing(f"{directory} has no seed_<s> run directories")
         for run in runs:
-            seed = int(run.name.removeprefix("seed_"))
+            seed = run.name.removeprefix("seed_")
+            if not seed.isdigit():
+                continue  # not a seed's run (seed_<s> names only integers)
+            seed = int(seed)
             if seed in figures:
                 raise Missing(f"seed {seed} appears twice among {directories}")
             history_file = run / "history.json"
@@ -78,25 +80,27 @@ def t_two_sided_p(t: float, df: int) -> float:
 
 def signed_rank_p(changes) -> float:
     """Exact two-sided p of Wilcoxon's signed-rank test (zeros dropped, ties given
-    their mean rank), enumerating every sign pattern."""
+    their mean rank): the null distribution of the positive ranks' sum, built by
+    counting sign patterns rank by rank (ranks doubled, so that mean ranks of ties
+    stay integers)."""
     changes = np.asarray([c for c in changes if c != 0], dtype=float)
-    n = len(changes)
-    if n == 0:
+    if len(changes) == 0:
         return 1.0
     magnitudes = np.abs(changes)
-    ranks = np.array(
-        [
-            1 + np.sum(magnitudes < m) + (np.sum(magnitudes == m) - 1) / 2
-            for m in magnitudes
-        ]
+    doubled = [
+        int(2 + 2 * np.sum(magnitudes < m) + np.sum(magnitudes == m) - 1)
+        for m in magnitudes
+    ]
+    counts = np.zeros(sum(doubled) + 1)
+    counts[0] = 1.0
+    for rank in doubled:  # each rank's sign: absent (as is) or present (shifted)
+        counts[rank:] = counts[rank:] + counts[:-rank].copy()
+    centre = sum(doubled) / 2
+    observed = abs(
+        sum(r for r, c in zip(doubled, changes, strict=True) if c > 0) - centre
     )
-    centre = ranks.sum() / 2
-    observed = abs(ranks[changes > 0].sum() - centre)
-    extreme = sum(
-        abs(np.dot(signs, ranks) - centre) >= observed - 1e-9
-        for signs in itertools.product((0, 1), repeat=n)
-    )
-    return extreme / 2**n
+    sums = np.arange(len(counts))
+    return float(counts[np.abs(sums - centre) >= observed - 1e-9].sum() / counts.sum())
 
 
 def _mean_range(values) -> str:

@@ -128,13 +128,27 @@ def test_paired_seeds_p_values_meet_the_tables():
         "print([round(t_two_sided_p(t, df), 4) for t, df in "
         "((12.706, 1), (2.571, 5), (2.306, 8), (0.0, 3))])\n"
         "print(signed_rank_p([1, 2, 3, 4, 5]), signed_rank_p([1, -1, 2, -2]))\n"
+        # Against every sign pattern counted by brute force, ties and zeros included.
+        "import itertools, numpy as np\n"
+        "rng = np.random.default_rng(0)\n"
+        "for _ in range(50):\n"
+        "    d = np.round(rng.normal(0.5, 1, rng.integers(1, 9)))\n"
+        "    d = d[d != 0]; m = np.abs(d)\n"
+        "    r = np.array([1 + np.sum(m < x) + (np.sum(m == x) - 1) / 2 for x in m])\n"
+        "    o = abs(r[d > 0].sum() - r.sum() / 2)\n"
+        "    n = sum(abs(np.dot(s, r) - r.sum() / 2) >= o - 1e-9\n"
+        "            for s in itertools.product((0, 1), repeat=len(d)))\n"
+        "    assert abs(signed_rank_p(d) - n / 2 ** len(d)) < 1e-12\n"
+        "print('enumeration agrees')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO
     )
-    assert out.stdout.split("\n")[:2] == ["[0.05, 0.05, 0.05, 1.0]", "0.0625 1.0"], (
-        out.stderr
-    )
+    assert out.stdout.split("\n")[:3] == [
+        "[0.05, 0.05, 0.05, 1.0]",
+        "0.0625 1.0",
+        "enumeration agrees",
+    ], out.stderr
 
 
 def test_paired_seeds_refuses_what_it_cannot_pair(tmp_path):
